@@ -1,0 +1,19 @@
+"""memstream: streaming video question answering whose video memory is a Video-LLM's KV cache.
+
+    import memstream
+    engine = memstream.load(model="tiny")                 # or a hub id / local directory
+    stream = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=64, topk=16)
+    stream.add_video("assets/sample.mp4")
+    answer = stream.ask("What is moving?")
+    answer.text, answer.ttft_s, answer.trace.selected
+"""
+
+from .engine import Engine, Stream, StreamConfig, load
+from .errors import ConfigError, EmptyMemoryError, InputError, MemStreamError, ModelLoadError, VideoError
+from .trace import Answer, RetrievalTrace
+
+__all__ = [
+    "load", "Engine", "Stream", "StreamConfig", "Answer", "RetrievalTrace",
+    "MemStreamError", "VideoError", "ConfigError", "ModelLoadError", "EmptyMemoryError", "InputError",
+]
+__version__ = "0.1.0"

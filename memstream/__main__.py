@@ -1,0 +1,7 @@
+"""`python -m memstream ...`: see memstream/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,433 @@
+"""The public API: `load()` an engine, open a `Stream`, add video, `ask`.
+
+    engine = memstream.load(model="tiny")
+    stream = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=64, topk=16)
+    stream.add_video("clip.mp4")            # or stream.add_frames(frames_uint8_THWC, times_s)
+    answer = stream.ask("What moved?")      # Answer: text, ttft_s, first_logits, trace
+
+Frames are grouped in pairs into blocks (Qwen2.5-VL's temporal patch). An odd frame waits for its
+partner; `flush()` (called by `add_video` at the end of a file) pads it by repeating it, as Qwen's
+processor does. A question sees the complete blocks ingested before it.
+
+Threads: one thread may feed frames while others ask. Ingestion takes the memory lock one block at
+a time and steps aside whenever a question is waiting, so a question is served between two blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from . import video
+from .backbone import Backbone, load_backbone
+from .errors import ConfigError, EmptyMemoryError, InputError, VideoError
+from .memory import POLICIES, KVMemory, MemoryConfig
+from .positions import PositionTracker, block_interval
+from .trace import Answer, RetrievalTrace
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+MAX_QUESTION_CHARS = 4000
+MAX_NEW_TOKENS = 4096
+
+
+@dataclass
+class StreamConfig:
+    """Everything that shapes a stream's memory. Changing any of it means re-ingesting."""
+
+    policy: str = "rekv"  # memory policy: "full" or "rekv"
+    fps: float = 1.0  # frames sampled per second of video
+    tokens_per_frame: int = 256  # LLM tokens per frame (a block of 2 frames holds twice this)
+    topk: int = 16  # blocks retrieved per layer for a question (rekv)
+    n_local: int | None = 15000  # ingest sliding window in tokens (rekv); None = unbounded
+    positions: str = "original"  # "original" (time-faithful) or "compact" (re-rotated to slots)
+    score: str = "dot"  # "dot" or "cosine" retrieval score
+    chunk_size: int = 1  # retrieve runs of consecutive blocks of this length
+    question_window: bool = False  # a question also sees the local window (original positions)
+    encode_batch: int = 4  # blocks per vision-tower call during add_video
+
+    def validate(self) -> StreamConfig:
+        def need(ok: bool, sentence: str) -> None:
+            if not ok:
+                raise ConfigError(sentence)
+
+        need(self.policy in POLICIES, f"Unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}.")
+        need(isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= 60,
+             f"fps must be a number in (0, 60], got {self.fps!r}.")
+        need(isinstance(self.tokens_per_frame, int) and 4 <= self.tokens_per_frame <= 16384,
+             f"tokens_per_frame must be an integer from 4 to 16384, got {self.tokens_per_frame!r}.")
+        need(isinstance(self.topk, int) and self.topk >= 1, f"topk must be a positive integer, got {self.topk!r}.")
+        need(self.n_local is None or (isinstance(self.n_local, int) and self.n_local >= 1),
+             f"n_local must be a positive number of tokens or None, got {self.n_local!r}.")
+        need(self.positions in ("original", "compact"),
+             f"positions must be 'original' or 'compact', got {self.positions!r}.")
+        need(self.score in ("dot", "cosine"), f"score must be 'dot' or 'cosine', got {self.score!r}.")
+        need(isinstance(self.chunk_size, int) and self.chunk_size >= 1,
+             f"chunk_size must be a positive integer, got {self.chunk_size!r}.")
+        need(not (self.question_window and self.positions == "compact"),
+             "question_window needs positions='original' (compact slots assume exactly topk blocks).")
+        need(isinstance(self.encode_batch, int) and self.encode_batch >= 1, "encode_batch must be a positive integer.")
+        return self
+
+    def memory_config(self) -> MemoryConfig:
+        full = self.policy == "full"
+        return MemoryConfig(policy=self.policy, n_local=None if full else self.n_local, topk=self.topk,
+                            positions=self.positions, score=self.score, chunk_size=self.chunk_size,
+                            question_window=self.question_window)
+
+
+def _sink_text() -> str:
+    return f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+
+
+def _question_ids(bb: Backbone, question: str) -> tuple[list[int], slice]:
+    """Token ids of the text after the video, and the slice holding the raw question."""
+    head = bb.tokenize("<|vision_end|>")
+    body = bb.tokenize(question)
+    tail = bb.tokenize("<|im_end|>\n<|im_start|>assistant\n")
+    return head + body + tail, slice(len(head), len(head) + len(body))
+
+
+def _check_question(question: object, max_new_tokens: object) -> str:
+    if not isinstance(question, str):
+        raise InputError(f"The question must be text, got {type(question).__name__}.")
+    q = question.strip()
+    if not q:
+        raise InputError("The question is empty; type a question about the video.")
+    if len(q) > MAX_QUESTION_CHARS:
+        raise InputError(f"The question is too long ({len(q)} characters; the limit is {MAX_QUESTION_CHARS}).")
+    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise InputError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens!r}.")
+    return q
+
+
+class Engine:
+    """A loaded backbone (and, later, an external expert) that streams are opened on."""
+
+    def __init__(self, backbone: Backbone, expert: object = None):
+        self.backbone = backbone
+        self.expert = expert
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    def stream(self, policy: str = "rekv", fps: float = 1.0, tokens_per_frame: int = 256, topk: int = 16,
+               n_local: int | None = 15000, **options) -> Stream:
+        """Open an empty stream. `options` are the other `StreamConfig` fields."""
+        try:
+            cfg = StreamConfig(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, topk=topk,
+                               n_local=n_local, **options)
+        except TypeError as exc:
+            raise ConfigError(f"Unknown stream option: {exc}.") from exc
+        return Stream(self, cfg.validate())
+
+    @torch.inference_mode()
+    def reference_answer(self, frames: np.ndarray, times: list[float] | np.ndarray | None, question: str, *,
+                         fps: float = 1.0, tokens_per_frame: int = 256, max_new_tokens: int = 1) -> Answer:
+        """The oracle: one standard forward of the model over all frames and the question.
+
+        Uses the stock `Qwen2_5_VLForConditionalGeneration.forward` (vision tower over all frames
+        at once, placeholder tokens, its own KV cache), the same prompt as a stream, and positions
+        from the same rule. Under policy `full`, a stream's `first_logits` must equal these.
+        """
+        q = _check_question(question, max_new_tokens)
+        cfg = StreamConfig(fps=fps, tokens_per_frame=tokens_per_frame).validate()
+        bb, spec = self.backbone, self.backbone.spec
+        t0 = time.perf_counter()
+        frames = _as_frames(frames)
+        size = video.frame_size_for_budget(frames.shape[1], frames.shape[2], cfg.tokens_per_frame)
+        frames = video.resize_frames(frames, size)
+        n_frames = len(frames)
+        times_arr = _check_times(times, n_frames, None, cfg.fps)
+        if n_frames % 2:
+            frames = np.concatenate([frames, frames[-1:]])
+        pixels, grid = bb.patchify(frames)
+        n_blocks, gh, gw = int(grid[0, 0]), size[0] // spec.pixels_per_token, size[1] // spec.pixels_per_token
+        tracker = PositionTracker(block_interval(cfg.fps, spec.tokens_per_second, spec.temporal_patch))
+        sink = bb.tokenize(_sink_text())
+        q_ids, _ = _question_ids(bb, q)
+        pos = [tracker.text(len(sink))] + [tracker.block(gh, gw)[0] for _ in range(n_blocks)]
+        start = tracker.next_text
+        pos.append(torch.arange(start, start + len(q_ids)).expand(3, -1))
+        ids = sink + [bb.video_token_id] * (n_blocks * gh * gw) + q_ids
+        out = bb.model(input_ids=torch.tensor([ids], device=bb.device),
+                       pixel_values_videos=pixels.to(bb.device, bb.dtype), video_grid_thw=grid.to(bb.device),
+                       position_ids=torch.cat(pos, dim=1).unsqueeze(1).to(bb.device), use_cache=True)
+        first = out.logits[0, -1].float()
+        ttft = time.perf_counter() - t0
+        generated, logits, cache, nxt = [], first, out.past_key_values, start + len(q_ids)
+        while len(generated) < max_new_tokens:
+            tok = int(logits.argmax())
+            if tok in bb.eos_ids:
+                break
+            generated.append(tok)
+            if len(generated) == max_new_tokens:
+                break
+            out = bb.model(input_ids=torch.tensor([[tok]], device=bb.device), past_key_values=cache,
+                           position_ids=torch.full((3, 1, 1), nxt, device=bb.device), use_cache=True)
+            logits, cache, nxt = out.logits[0, -1].float(), out.past_key_values, nxt + 1
+        return Answer(question=q, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
+                      token_ids=generated, ttft_s=ttft, first_logits=first.cpu(), trace=None,
+                      asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps, frames_seen=n_frames,
+                      blocks_seen=n_blocks, tokens_seen=n_blocks * gh * gw, policy="offline",
+                      total_s=time.perf_counter() - t0)
+
+
+def _as_frames(frames: object) -> np.ndarray:
+    """Accept uint8 arrays/tensors [T, H, W, C] or [H, W, C], or a list of [H, W, C] frames."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    if isinstance(frames, (list, tuple)):
+        if not frames:
+            raise InputError("No frames were given.")
+        try:
+            frames = np.stack([np.asarray(f) for f in frames])
+        except ValueError as exc:
+            raise InputError("All frames in one call must have the same size.") from exc
+    if not isinstance(frames, np.ndarray):
+        raise InputError(f"Frames must be a uint8 array [T, H, W, 3], got {type(frames).__name__}.")
+    if frames.ndim == 3 and frames.shape[-1] in (1, 3, 4):
+        frames = frames[None]
+    if frames.ndim not in (3, 4) or frames.shape[0] == 0:
+        raise InputError(f"Frames must be a uint8 array [T, H, W, 3], got shape {tuple(frames.shape)}.")
+    return frames
+
+
+def _check_times(times: object, n: int, last: float | None, fps: float) -> np.ndarray:
+    """Validate or synthesise the frames' timestamps (seconds, strictly increasing)."""
+    if times is None:
+        first = 0.0 if last is None else last + 1.0 / fps
+        return first + np.arange(n) / fps
+    try:
+        arr = np.asarray(times, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InputError("Frame times must be numbers (seconds).") from exc
+    if len(arr) != n:
+        raise InputError(f"Got {n} frames but {len(arr)} timestamps.")
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise InputError("Frame times must be finite, non-negative seconds.")
+    prev = np.concatenate([[-np.inf if last is None else last], arr[:-1]])
+    if (arr <= prev).any():
+        bad = int(np.argmax(arr <= prev))
+        raise InputError(f"Frame times must increase: got {arr[bad]:.3f} s after {prev[bad]:.3f} s.")
+    return arr
+
+
+class Stream:
+    """One video stream and its memory. Create with `Engine.stream(...)`."""
+
+    def __init__(self, engine: Engine, config: StreamConfig):
+        self.engine = engine
+        self.config = config
+        bb = engine.backbone
+        self._bb = bb
+        self.memory = KVMemory(bb, config.memory_config(),
+                               block_interval(config.fps, bb.spec.tokens_per_second, bb.spec.temporal_patch))
+        self.memory.ingest_sinks(bb.tokenize(_sink_text()))
+        self.frame_size: tuple[int, int] | None = None  # (H, W) pixels, fixed by the first frame
+        self._pending: list[tuple[np.ndarray, float]] = []  # an odd frame waiting for its partner
+        self._last_time: float | None = None
+        self._frames_in_blocks = 0
+        self._lock = threading.Lock()  # the memory and the model
+        self._input_lock = threading.Lock()  # one producer at a time
+        self._waiting = 0  # questions waiting for the memory lock
+        self._waiting_lock = threading.Lock()
+        self._ingest_s = 0.0  # seconds spent encoding + ingesting
+
+    # ---- input --------------------------------------------------------------------------------
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        if self.frame_size is None:
+            return None
+        ppt = self._bb.spec.pixels_per_token
+        return self.frame_size[0] // ppt, self.frame_size[1] // ppt
+
+    def add_frames(self, frames: np.ndarray, times: list[float] | np.ndarray | None = None) -> int:
+        """Add frames (uint8 [T, H, W, 3] RGB, any size) taken at `times` (seconds, increasing).
+
+        Without `times`, frames are spaced 1/fps after the last one. Frames are resized to the
+        stream's token budget (the first frame's aspect ratio fixes the size). Returns the number
+        of blocks added; an odd last frame waits for the next call or `flush()`.
+        """
+        frames = _as_frames(frames)
+        with self._input_lock:
+            times_arr = _check_times(times, len(frames), self._last_time, self.config.fps)
+            if self.frame_size is None:
+                self.frame_size = video.frame_size_for_budget(frames.shape[1], frames.shape[2],
+                                                              self.config.tokens_per_frame)
+            resized = video.resize_frames(frames, self.frame_size)
+            self._last_time = float(times_arr[-1])
+            self._pending.extend(zip(resized, times_arr.tolist()))
+            n_pairs = len(self._pending) // 2
+            batch = self._pending[: 2 * n_pairs]
+            self._pending = self._pending[2 * n_pairs:]
+            return self._ingest_pairs(batch)
+
+    def flush(self) -> int:
+        """Ingest a lone pending frame as a block of itself repeated (end of a video). Returns 0 or 1."""
+        with self._input_lock:
+            if not self._pending:
+                return 0
+            frame, t = self._pending.pop()
+            added = self._ingest_pairs([(frame, t), (frame, t)], padded=True)
+            return added
+
+    def add_video(self, path: str, max_seconds: float | None = None) -> int:
+        """Sample a video file at the stream's fps and ingest it; returns blocks added.
+
+        Decoding is lazy: frames are read in small batches, never the whole file at once. The last
+        odd frame is padded (`flush`). Bad files raise `VideoError` with one sentence.
+        """
+        start = 0.0 if self._last_time is None else self._last_time + 1.0 / self.config.fps
+        added, batch, batch_t = 0, [], []
+        chunk = 2 * self.config.encode_batch
+        for frame, t in video.sample_frames(path, self.config.fps):
+            if max_seconds is not None and t > max_seconds:
+                break
+            batch.append(frame)
+            batch_t.append(start + t)
+            if len(batch) == chunk:
+                added += self.add_frames(np.stack(batch), batch_t)
+                batch, batch_t = [], []
+        if batch:
+            added += self.add_frames(np.stack(batch), batch_t)
+        if self._frames_in_blocks == 0 and not self._pending and added == 0:
+            raise VideoError(f"No frames could be sampled from {path!s}.")
+        return added + self.flush()
+
+    def _ingest_pairs(self, pairs: list[tuple[np.ndarray, float]], padded: bool = False) -> int:
+        if not pairs:
+            return 0
+        t0 = time.perf_counter()
+        frames = np.stack([f for f, _ in pairs])  # [2k, H, W, 3]
+        tokens = self._bb.encode_blocks(frames)  # [k, n, hidden]
+        for i in range(tokens.shape[0]):
+            times = (pairs[2 * i][1],) if padded else (pairs[2 * i][1], pairs[2 * i + 1][1])
+            while self._waiting:  # a question is queued: let it take the lock first
+                time.sleep(0.0005)
+            with self._lock:
+                self.memory.ingest_block(tokens[i], times, self.grid)
+                self._frames_in_blocks += len(times)
+        self._ingest_s += time.perf_counter() - t0
+        return tokens.shape[0]
+
+    # ---- questions ----------------------------------------------------------------------------
+    def ask(self, question: str, max_new_tokens: int = 64, stream: bool = False) -> Answer | Iterator[Answer]:
+        """Answer from the memory so far (greedy decoding).
+
+        With `stream=False` returns the final `Answer`. With `stream=True` returns an iterator of
+        partial `Answer`s (text growing token by token, `done=False`), the last one final; the
+        memory is locked until the iterator is exhausted or closed.
+        """
+        q = _check_question(question, max_new_tokens)
+        if not self.memory.blocks:
+            if self._pending:
+                raise EmptyMemoryError("Only one frame has arrived; a question needs a block of two frames "
+                                       "(add another frame or call flush()).")
+            raise EmptyMemoryError("No video has been ingested yet; add a video or frames before asking.")
+        gen = self._answer(q, max_new_tokens)
+        if stream:
+            return gen
+        *_, final = gen  # drain the partial answers; the last one is final
+        return final
+
+    def _answer(self, question: str, max_new_tokens: int) -> Iterator[Answer]:
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        try:
+            yield from self._decode(question, max_new_tokens)
+        finally:
+            self._lock.release()
+
+    def _decode(self, question: str, max_new_tokens: int) -> Iterator[Answer]:
+        bb, mem = self._bb, self.memory
+        t0 = time.perf_counter()
+        ids, qslice = _question_ids(bb, question)
+        start = mem.question_start()
+        cache = mem.question_cache(qslice)
+        bb.capture = cache.capture
+        try:
+            logits = bb.decode(bb.embed(ids), torch.arange(start, start + len(ids)).expand(3, -1), cache)
+        finally:
+            bb.capture = None
+        first = logits.cpu()
+        ttft = time.perf_counter() - t0
+        blocks = mem.blocks
+        trace = RetrievalTrace.build(
+            torch.tensor([b.start_s for b in blocks]), torch.stack(cache.record.scores),
+            cache.record.selected, policy=self.config.policy)
+        base = Answer(question=question, text="", token_ids=[], ttft_s=ttft, first_logits=first, trace=trace,
+                      asked_at_s=self.seconds(), frames_seen=self._frames_in_blocks, blocks_seen=len(blocks),
+                      tokens_seen=sum(b.n_tokens for b in blocks), policy=self.config.policy, done=False)
+        generated: list[int] = []
+        nxt = start + len(ids)
+        while len(generated) < max_new_tokens:
+            tok = int(logits.argmax())
+            if tok in bb.eos_ids:
+                break
+            generated.append(tok)
+            yield replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
+                          token_ids=list(generated), total_s=time.perf_counter() - t0)
+            if len(generated) == max_new_tokens:
+                break
+            logits = bb.decode(bb.embed([tok]), torch.full((3, 1), nxt), cache)
+            nxt += 1
+        yield replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
+                      token_ids=generated, done=True, total_s=time.perf_counter() - t0)
+
+    # ---- reporting ----------------------------------------------------------------------------
+    def seconds(self) -> float:
+        """Stream time covered by the blocks in memory (end of the last block), in seconds."""
+        if not self.memory.blocks:
+            return 0.0
+        return float(self.memory.blocks[-1].times[-1]) + 1.0 / self.config.fps
+
+    def stats(self) -> dict:
+        """Counts and sizes of the memory right now.
+
+        frames: frames received (in blocks or pending); blocks; tokens_stored: visual tokens held;
+        bytes_cpu / bytes_gpu: bytes of keys/values (and representative keys) in host memory and
+        on the accelerator (on a CPU-only run everything is host memory).
+        """
+        mem = self.memory
+        on_gpu = self._bb.device.type == "cuda"
+        working = mem.device_bytes()
+        blocks = len(mem.blocks)
+        return {
+            "policy": self.config.policy,
+            "frames": self._frames_in_blocks + len(self._pending),
+            "frames_pending": len(self._pending),
+            "blocks": blocks,
+            "seconds": self.seconds(),
+            "tokens_stored": sum(b.n_tokens for b in mem.blocks),
+            "tokens_per_block": mem.blocks[0].n_tokens if blocks else None,
+            "sink_tokens": mem.n_sink,
+            "window_tokens": mem.window_tokens(),
+            "bytes_cpu": mem.store.nbytes + (0 if on_gpu else working),
+            "bytes_gpu": working if on_gpu else 0,
+            "frame_size": self.frame_size,
+            "fps": self.config.fps,
+            "ingest_s": self._ingest_s,
+            "blocks_per_s": blocks / self._ingest_s if self._ingest_s > 0 else None,
+            "device": str(self._bb.device),
+        }
+
+
+def load(model: str | None = "tiny", expert: str | None = None, device: str | None = "auto",
+         cache_dir: str | None = None) -> Engine:
+    """Load an engine: `model` is "tiny", a hub id or a local directory (None = the default real
+    model for the device: Qwen2.5-VL-7B-Instruct on CUDA, 3B on CPU)."""
+    if expert not in (None, "none"):
+        raise ConfigError(f"External expert {expert!r} is not available in this version; use expert=None.")
+    return Engine(load_backbone(model, device, cache_dir))

@@ -1,0 +1,32 @@
+"""The errors memstream raises on bad input.
+
+Every error carries one clear sentence meant for a person (the CLI prints it and exits 2;
+the web demo shows it in the page). Internal bugs are not wrapped: they stay ordinary
+exceptions so that they are loud in tests.
+"""
+
+from __future__ import annotations
+
+
+class MemStreamError(Exception):
+    """Base class: a problem with what the user gave us, explained in one sentence."""
+
+
+class VideoError(MemStreamError):
+    """A video file that cannot be used: missing, empty, corrupt, not a video, no frames."""
+
+
+class ConfigError(MemStreamError):
+    """A parameter outside its meaningful range (fps <= 0, tokens_per_frame < 4, unknown policy...)."""
+
+
+class ModelLoadError(MemStreamError):
+    """A model or expert that cannot be loaded (offline and not cached, bad directory...)."""
+
+
+class EmptyMemoryError(MemStreamError):
+    """A question asked before any frame was ingested."""
+
+
+class InputError(MemStreamError):
+    """Malformed frames, timestamps or questions passed to the library."""

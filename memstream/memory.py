@@ -1,0 +1,282 @@
+"""The video memory: the decoder's KV cache, split into sinks, a local window and a block store.
+
+Layout per decoder layer (on the compute device unless noted):
+
+    sinks    [1, Hkv, n_sink, d]   system-prompt tokens, always attended
+    window   [1, Hkv, <=n_local, d] the most recent visual tokens (all of them under `full`)
+    rep      [N, Hkv, d]           one position-free representative key per block (ReKV)
+    store    N x [L, 2, Hkv, n, d] every block's keys (post-RoPE) and values, in CPU memory
+                                   (pinned on CUDA hosts); not kept under `full`
+
+Three verbs change it, each with a short-lived cache object that the decoder layers call:
+`ingest_sinks()` / `ingest_block()` run a forward whose new keys/values are committed only after
+all layers succeeded (a failure leaves the memory as it was), and `question()` builds per-layer
+contexts by retrieval inside the question's own forward; its keys/values are thrown away with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .backbone import Backbone
+from .positions import PositionTracker, block_t_offset
+from .retrieval import block_scores, select_blocks
+
+POLICIES = ("full", "rekv")
+
+
+@dataclass
+class MemoryConfig:
+    """How the memory ingests and what a question attends to."""
+
+    policy: str = "rekv"  # "full" (everything, the oracle) or "rekv" (window + per-layer retrieval)
+    n_local: int | None = 15000  # tokens of the ingest sliding window; None = unbounded (full)
+    topk: int = 16  # blocks each layer retrieves for a question
+    positions: str = "original"  # "original": keep stored positions; "compact": re-rotate to slots
+    score: str = "dot"  # block scoring: "dot" (ReKV reference) or "cosine"
+    chunk_size: int = 1  # retrieve runs of this many consecutive blocks (1 = per block)
+    question_window: bool = False  # also attend to the local window at question time
+
+
+@dataclass
+class BlockInfo:
+    """One stored block: two sampled frames merged into gh x gw LLM tokens."""
+
+    index: int  # position in the stream, 0-based
+    times: tuple[float, ...]  # seconds of the frames it covers (a padded last block repeats one)
+    n_tokens: int  # LLM tokens stored for it
+    t_offset: int  # temporal M-RoPE offset from the video start
+    grid: tuple[int, int]  # (gh, gw)
+
+    @property
+    def start_s(self) -> float:
+        return self.times[0]
+
+
+class BlockStore:
+    """Blocks' keys/values in host memory, one tensor [L, 2, Hkv, n, d] per block."""
+
+    def __init__(self, pin: bool):
+        self.pin = pin
+        self.blocks: list[torch.Tensor] = []
+        self.nbytes = 0
+
+    def add(self, kv: torch.Tensor) -> None:
+        host = kv.to("cpu", copy=True)
+        if self.pin:
+            host = host.pin_memory()
+        self.blocks.append(host)
+        self.nbytes += host.numel() * host.element_size()
+
+    def gather(self, ids: list[int], layer: int, device: torch.device) -> torch.Tensor:
+        """Layer `layer` of blocks `ids`, concatenated in that order: [2, Hkv, sum n, d] on device."""
+        kv = torch.cat([self.blocks[i][layer] for i in ids], dim=-2)
+        return kv.to(device, non_blocking=self.pin)
+
+
+@dataclass
+class QuestionRecord:
+    """What one question's forward saw in every layer (filled in as the layers run)."""
+
+    query: list[torch.Tensor | None]  # per layer [Hq, d]: mean position-free query
+    scores: list[torch.Tensor | None]  # per layer [N]
+    selected: list[torch.Tensor | None]  # per layer [k] block indices, time order
+    extra: dict = field(default_factory=dict)
+
+
+class KVMemory:
+    """Sinks + window + block store for every layer, and the caches that fill and read them."""
+
+    def __init__(self, backbone: Backbone, config: MemoryConfig, interval: float):
+        if config.policy not in POLICIES:
+            raise ValueError(f"unknown policy {config.policy!r}")
+        self.bb = backbone
+        self.cfg = config
+        self.spec = backbone.spec
+        self.device = backbone.device
+        self.positions = PositionTracker(interval)
+        L = self.spec.n_layers
+        self.sinks: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
+        self.window: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
+        self.rep: list[torch.Tensor | None] = [None] * L  # [N, Hkv, d]
+        self.blocks: list[BlockInfo] = []
+        self.offload = config.policy != "full"
+        self.store = BlockStore(pin=self.device.type == "cuda")
+
+    # ---- sizes --------------------------------------------------------------------------------
+    @property
+    def n_sink(self) -> int:
+        s = self.sinks[0]
+        return 0 if s is None else s[0].shape[-2]
+
+    def window_tokens(self) -> int:
+        w = self.window[0]
+        return 0 if w is None else w[0].shape[-2]
+
+    def device_bytes(self) -> int:
+        total = 0
+        for group in (self.sinks, self.window):
+            for kv in group:
+                if kv is not None:
+                    total += sum(t.numel() * t.element_size() for t in kv)
+        total += sum(r.numel() * r.element_size() for r in self.rep if r is not None)
+        return total
+
+    # ---- ingestion ----------------------------------------------------------------------------
+    def ingest_sinks(self, ids: list[int]) -> None:
+        """Prefill the system prompt: its keys/values become the sinks."""
+        cache = _IngestCache(self, with_context=False)
+        self._run_ingest(cache, self.bb.embed(ids), self.positions.text(len(ids)))
+        for layer, (k, v) in enumerate(cache.new):
+            self.sinks[layer] = (k, v)
+
+    def ingest_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int]) -> BlockInfo:
+        """Append one block: visual tokens [n, hidden] -> keys/values in every layer.
+
+        All-or-nothing: positions, window, store and representative keys change only after the
+        forward succeeded in every layer.
+        """
+        gh, gw = grid
+        tracker = self.positions
+        saved = (tracker.video_start, tracker.next_text, tracker.blocks)
+        pos, t_off = tracker.block(gh, gw)
+        cache = _IngestCache(self, with_context=True)
+        try:
+            self._run_ingest(cache, tokens, pos)
+        except BaseException:
+            tracker.video_start, tracker.next_text, tracker.blocks = saved
+            raise
+        info = BlockInfo(len(self.blocks), tuple(times), tokens.shape[0], t_off, grid)
+        self._commit(cache, info)
+        return info
+
+    def _run_ingest(self, cache: _IngestCache, embeds: torch.Tensor, pos: torch.Tensor) -> None:
+        self.bb.capture = cache.capture
+        try:
+            self.bb.decode(embeds, pos, cache, logits=False)
+        finally:
+            self.bb.capture = None
+        if any(kv is None for kv in cache.new) or any(k is None for k in cache.keys_free):
+            raise RuntimeError("a decoder layer did not report its keys/values")
+
+    def _commit(self, cache: _IngestCache, info: BlockInfo) -> None:
+        n_local = self.cfg.n_local
+        for layer, (k, v) in enumerate(cache.new):
+            old = self.window[layer]
+            wk, wv = (k, v) if old is None else (torch.cat([old[0], k], -2), torch.cat([old[1], v], -2))
+            if n_local is not None and wk.shape[-2] > n_local:
+                wk, wv = wk[..., -n_local:, :], wv[..., -n_local:, :]
+            self.window[layer] = (wk, wv)
+            rep = cache.keys_free[layer].mean(dim=0, keepdim=True)  # [1, Hkv, d]
+            self.rep[layer] = rep if self.rep[layer] is None else torch.cat([self.rep[layer], rep])
+        if self.offload:
+            # [L, 2, Hkv, n, d]
+            self.store.add(torch.stack([torch.cat([k, v]) for k, v in cache.new]))
+        self.blocks.append(info)
+
+    # ---- questions ----------------------------------------------------------------------------
+    def question_start(self) -> int:
+        """Text position where the question starts (depends on `positions`)."""
+        if self.cfg.positions == "compact" and self.cfg.policy != "full":
+            n_sel = min(self.cfg.topk, len(self.blocks))
+            return self.positions.compact_question_start(n_sel, *self.blocks[0].grid)
+        return self.positions.next_text
+
+    def question_cache(self, query_slice: slice) -> _QuestionCache:
+        """A cache for one question's prefill and decoding; `query_slice` marks the raw question
+        tokens whose mean query scores the blocks."""
+        return _QuestionCache(self, query_slice)
+
+
+class _IngestCache:
+    """Cache for an ingest forward: attend to sinks + window, remember the new keys/values."""
+
+    def __init__(self, mem: KVMemory, with_context: bool):
+        L = mem.spec.n_layers
+        self.mem = mem
+        self.with_context = with_context
+        self.new: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
+        self.keys_free: list[torch.Tensor | None] = [None] * L  # [S, Hkv, d] pre-RoPE
+
+    def capture(self, kind: str, layer: int, x: torch.Tensor) -> None:
+        if kind == "k":
+            self.keys_free[layer] = x
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.new[layer] = (k, v)
+        if not self.with_context:
+            return k, v
+        parts = [p for p in (self.mem.sinks[layer], self.mem.window[layer]) if p is not None]
+        ks = torch.cat([p[0] for p in parts] + [k], dim=-2)
+        vs = torch.cat([p[1] for p in parts] + [v], dim=-2)
+        return ks, vs
+
+
+class _QuestionCache:
+    """Cache for a question: per-layer retrieval on the first call, then a growing private tail."""
+
+    def __init__(self, mem: KVMemory, query_slice: slice):
+        L = mem.spec.n_layers
+        self.mem = mem
+        self.query_slice = query_slice
+        self.record = QuestionRecord([None] * L, [None] * L, [None] * L)
+        self.context: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
+        self.tail: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
+
+    def capture(self, kind: str, layer: int, x: torch.Tensor) -> None:
+        if kind == "q" and self.context[layer] is None:  # prefill only
+            self.record.query[layer] = x[self.query_slice].mean(dim=0)  # [Hq, d]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.context[layer] is None:
+            self.context[layer] = self._build_context(layer)
+            self.tail[layer] = (k, v)
+        else:
+            tk, tv = self.tail[layer]
+            self.tail[layer] = (torch.cat([tk, k], -2), torch.cat([tv, v], -2))
+        ck, cv = self.context[layer]
+        tk, tv = self.tail[layer]
+        return torch.cat([ck, tk], -2), torch.cat([cv, tv], -2)
+
+    def _build_context(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mem, cfg = self.mem, self.mem.cfg
+        query = self.record.query[layer]
+        scores = block_scores(query, mem.rep[layer], cfg.score)
+        self.record.scores[layer] = scores
+        n = len(mem.blocks)
+        if cfg.policy == "full":
+            self.record.selected[layer] = torch.arange(n)
+            sk, sv = mem.sinks[layer]
+            wk, wv = mem.window[layer]
+            return torch.cat([sk, wk], -2), torch.cat([sv, wv], -2)
+        chosen = select_blocks(scores, cfg.topk, cfg.chunk_size).cpu()
+        if cfg.question_window:  # union with the blocks the window still covers
+            covered, tokens = set(), 0
+            for b in reversed(mem.blocks):
+                if tokens >= mem.window_tokens():
+                    break
+                covered.add(b.index)
+                tokens += b.n_tokens
+            chosen = torch.tensor(sorted(set(chosen.tolist()) | covered), dtype=torch.long)
+        self.record.selected[layer] = chosen
+        ids = chosen.tolist()
+        kv = mem.store.gather(ids, layer, mem.device)  # [2, Hkv, n_sel_tokens, d]
+        keys, values = kv[0:1], kv[1:2]
+        if cfg.positions == "compact":
+            keys = self._compact(keys, ids)
+        sk, sv = mem.sinks[layer]
+        return torch.cat([sk, keys], -2), torch.cat([sv, values], -2)
+
+    def _compact(self, keys: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """Move the retrieved blocks to temporal slots 0, 1, ... in time order."""
+        mem = self.mem
+        deltas = []
+        for slot, b in enumerate(ids):
+            info = mem.blocks[b]
+            dt = block_t_offset(slot, mem.positions.interval) - info.t_offset
+            d = torch.zeros(3, info.n_tokens, dtype=torch.long)
+            d[0] = dt
+            deltas.append(d)
+        return mem.bb.rotate_keys(keys, torch.cat(deltas, dim=1))
