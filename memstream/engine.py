@@ -57,21 +57,21 @@ class StreamConfig:
                 raise ConfigError(sentence)
 
         need(self.policy in POLICIES, f"Unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}.")
-        need(isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= 60,
+        need(_is_number(self.fps) and math.isfinite(self.fps) and 0 < self.fps <= 60,
              f"fps must be a number in (0, 60], got {self.fps!r}.")
-        need(isinstance(self.tokens_per_frame, int) and 4 <= self.tokens_per_frame <= 16384,
+        need(_is_int(self.tokens_per_frame) and 4 <= self.tokens_per_frame <= 16384,
              f"tokens_per_frame must be an integer from 4 to 16384, got {self.tokens_per_frame!r}.")
-        need(isinstance(self.topk, int) and self.topk >= 1, f"topk must be a positive integer, got {self.topk!r}.")
-        need(self.n_local is None or (isinstance(self.n_local, int) and self.n_local >= 1),
+        need(_is_int(self.topk) and self.topk >= 1, f"topk must be a positive integer, got {self.topk!r}.")
+        need(self.n_local is None or (_is_int(self.n_local) and self.n_local >= 1),
              f"n_local must be a positive number of tokens or None, got {self.n_local!r}.")
         need(self.positions in ("original", "compact"),
              f"positions must be 'original' or 'compact', got {self.positions!r}.")
         need(self.score in ("dot", "cosine"), f"score must be 'dot' or 'cosine', got {self.score!r}.")
-        need(isinstance(self.chunk_size, int) and self.chunk_size >= 1,
+        need(_is_int(self.chunk_size) and self.chunk_size >= 1,
              f"chunk_size must be a positive integer, got {self.chunk_size!r}.")
         need(not (self.question_window and self.positions == "compact"),
              "question_window needs positions='original' (compact slots assume exactly topk blocks).")
-        need(isinstance(self.encode_batch, int) and self.encode_batch >= 1, "encode_batch must be a positive integer.")
+        need(_is_int(self.encode_batch) and self.encode_batch >= 1, "encode_batch must be a positive integer.")
         return self
 
     def memory_config(self) -> MemoryConfig:
@@ -79,6 +79,14 @@ class StreamConfig:
         return MemoryConfig(policy=self.policy, n_local=None if full else self.n_local, topk=self.topk,
                             positions=self.positions, score=self.score, chunk_size=self.chunk_size,
                             question_window=self.question_window)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def _sink_text() -> str:
@@ -101,7 +109,7 @@ def _check_question(question: object, max_new_tokens: object) -> str:
         raise InputError("The question is empty; type a question about the video.")
     if len(q) > MAX_QUESTION_CHARS:
         raise InputError(f"The question is too long ({len(q)} characters; the limit is {MAX_QUESTION_CHARS}).")
-    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+    if not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise InputError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens!r}.")
     return q
 
@@ -140,7 +148,7 @@ class Engine:
         cfg = StreamConfig(fps=fps, tokens_per_frame=tokens_per_frame).validate()
         bb, spec = self.backbone, self.backbone.spec
         t0 = time.perf_counter()
-        frames = _as_frames(frames)
+        frames = video.to_rgb_frames(frames)
         size = video.frame_size_for_budget(frames.shape[1], frames.shape[2], cfg.tokens_per_frame)
         frames = video.resize_frames(frames, size)
         n_frames = len(frames)
@@ -177,26 +185,6 @@ class Engine:
                       asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps, frames_seen=n_frames,
                       blocks_seen=n_blocks, tokens_seen=n_blocks * gh * gw, policy="offline",
                       total_s=time.perf_counter() - t0)
-
-
-def _as_frames(frames: object) -> np.ndarray:
-    """Accept uint8 arrays/tensors [T, H, W, C] or [H, W, C], or a list of [H, W, C] frames."""
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu().numpy()
-    if isinstance(frames, (list, tuple)):
-        if not frames:
-            raise InputError("No frames were given.")
-        try:
-            frames = np.stack([np.asarray(f) for f in frames])
-        except ValueError as exc:
-            raise InputError("All frames in one call must have the same size.") from exc
-    if not isinstance(frames, np.ndarray):
-        raise InputError(f"Frames must be a uint8 array [T, H, W, 3], got {type(frames).__name__}.")
-    if frames.ndim == 3 and frames.shape[-1] in (1, 3, 4):
-        frames = frames[None]
-    if frames.ndim not in (3, 4) or frames.shape[0] == 0:
-        raise InputError(f"Frames must be a uint8 array [T, H, W, 3], got shape {tuple(frames.shape)}.")
-    return frames
 
 
 def _check_times(times: object, n: int, last: float | None, fps: float) -> np.ndarray:
@@ -251,17 +239,20 @@ class Stream:
     def add_frames(self, frames: np.ndarray, times: list[float] | np.ndarray | None = None) -> int:
         """Add frames (uint8 [T, H, W, 3] RGB, any size) taken at `times` (seconds, increasing).
 
+        Also accepted (see `video.to_rgb_frames`): one frame [H, W, 3], grey [H, W] or [T, H, W],
+        RGBA, torch tensors, lists of equally sized frames.
+
         Without `times`, frames are spaced 1/fps after the last one. Frames are resized to the
         stream's token budget (the first frame's aspect ratio fixes the size). Returns the number
         of blocks added; an odd last frame waits for the next call or `flush()`.
         """
-        frames = _as_frames(frames)
+        frames = video.to_rgb_frames(frames)
         with self._input_lock:
             times_arr = _check_times(times, len(frames), self._last_time, self.config.fps)
-            if self.frame_size is None:
-                self.frame_size = video.frame_size_for_budget(frames.shape[1], frames.shape[2],
-                                                              self.config.tokens_per_frame)
-            resized = video.resize_frames(frames, self.frame_size)
+            size = self.frame_size or video.frame_size_for_budget(frames.shape[1], frames.shape[2],
+                                                                  self.config.tokens_per_frame)
+            resized = video.resize_frames(frames, size)
+            self.frame_size = size  # fixed by the first accepted frames, not by rejected ones
             self._last_time = float(times_arr[-1])
             self._pending.extend(zip(resized, times_arr.tolist()))
             n_pairs = len(self._pending) // 2

@@ -72,8 +72,8 @@ class BlockStore:
 
     def gather(self, ids: list[int], layer: int, device: torch.device) -> torch.Tensor:
         """Layer `layer` of blocks `ids`, concatenated in that order: [2, Hkv, sum n, d] on device."""
-        kv = torch.cat([self.blocks[i][layer] for i in ids], dim=-2)
-        return kv.to(device, non_blocking=self.pin)
+        # copy block by block: each source is pinned, so the copies are asynchronous on CUDA
+        return torch.cat([self.blocks[i][layer].to(device, non_blocking=self.pin) for i in ids], dim=-2)
 
 
 @dataclass

@@ -70,19 +70,26 @@ def frame_size_for_budget(height: int, width: int, tokens_per_frame: int) -> tup
     return TOKEN_PX * gh, TOKEN_PX * gw
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 frames [T, H0, W0, 3] to uint8 [T, H, W, 3] with antialiased bicubic (PIL).
+def to_rgb_frames(frames: Any) -> np.ndarray:
+    """Normalise frames to uint8 RGB [T, H, W, 3], or raise InputError with one sentence.
 
-    Also accepted: one frame [H0, W0, 3] or [H0, W0] (gives T=1), grey [T, H0, W0] or
-    [T, H0, W0, 1], RGBA [..., 4] (alpha is dropped), and integer arrays within 0..255.
-    A 3-D array whose last axis is 1, 3 or 4 is read as one frame, otherwise as grey frames.
-    PIL works on uint8 directly (no float copy of the clip) and is deterministic.
+    Accepted: numpy arrays or torch tensors [T, H, W, 3], one frame [H, W, 3] or [H, W] (gives
+    T=1), grey [T, H, W] or [T, H, W, 1], RGBA [..., 4] (alpha is dropped), integer values within
+    0..255, and a list of equally sized frames. A 3-D array whose last axis is 1, 3 or 4 is read
+    as one frame, otherwise as grey frames.
     """
-    from PIL import Image
-
-    if not isinstance(size, tuple | list) or len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
-        raise ConfigError(f"Resize target must be (height, width) with positive integers, got {size!r}.")
-    arr = np.asarray(frames)
+    if hasattr(frames, "detach"):  # a torch tensor
+        frames = frames.detach().cpu().numpy()
+    if isinstance(frames, list | tuple):
+        if not frames:
+            raise InputError("No frames were given.")
+        try:
+            frames = np.stack([np.asarray(f) for f in frames])
+        except ValueError as exc:
+            raise InputError("All frames in one call must have the same size.") from exc
+    if not isinstance(frames, np.ndarray):
+        raise InputError(f"Frames must be a uint8 array [T, H, W, 3], got {type(frames).__name__}.")
+    arr = frames
     if arr.dtype != np.uint8:
         if arr.dtype.kind not in "iu":
             raise InputError(f"Frames must be uint8 RGB values in 0..255, got dtype {arr.dtype}.")
@@ -93,11 +100,24 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         arr = arr[None]
     if arr.ndim == 3:
         arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.shape[0] == 0:
         raise InputError(f"Frames must have shape [T, H, W, 3] (or one frame [H, W, 3]), got {arr.shape}.")
     if arr.shape[1] == 0 or arr.shape[2] == 0:
         raise InputError(f"Frames must be at least 1x1 pixels, got {arr.shape[1]}x{arr.shape[2]}.")
-    arr = np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
+    return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
+
+
+def resize_frames(frames: Any, size: tuple[int, int]) -> np.ndarray:
+    """Resize frames (anything `to_rgb_frames` accepts) to uint8 [T, H, W, 3], H x W = `size`.
+
+    Antialiased bicubic (PIL): it works on uint8 directly (no float copy of the clip) and is
+    deterministic.
+    """
+    from PIL import Image
+
+    if not isinstance(size, tuple | list) or len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
+        raise ConfigError(f"Resize target must be (height, width) with positive integers, got {size!r}.")
+    arr = to_rgb_frames(frames)
     height, width = int(size[0]), int(size[1])
     out = np.empty((arr.shape[0], height, width, 3), dtype=np.uint8)
     for i, frame in enumerate(arr):
