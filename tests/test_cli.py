@@ -162,15 +162,20 @@ def test_happy_path_text(cli, case, engine):
     assert bias.startswith("temporal bias") and end == ""
 
 
-@pytest.mark.parametrize("case", ["happy/json"])
-def test_happy_path_json(cli, case):
+def json_result(cli, case: str) -> dict:
+    """A --json run that succeeded quietly: its single stdout line, parsed."""
     proc = cli.result(case)
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
     assert len(lines) == 1
-    out = json.loads(lines[0])
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("case", ["happy/json"])
+def test_happy_path_json(cli, case):
+    out = json_result(cli, case)
     assert {"answer", "ttft_s", "blocks", "trace", "stats"} <= set(out)
     assert isinstance(out["answer"], str) and out["ttft_s"] > 0 and out["blocks"] == 4
     assert {"block_times", "selected", "bias"} <= set(out["trace"])
@@ -220,13 +225,7 @@ def test_damaged_video_answers_with_a_warning(cli, case):
 
 @pytest.mark.parametrize("case", [f"odd/{name}" for name in ODD])
 def test_good_but_odd_video_just_works(cli, case):
-    proc = cli.result(case)
-    no_traceback(proc)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1
-    out = json.loads(lines[0])
+    out = json_result(cli, case)
     blocks = ODD[case.split("/", 1)[1]][1]
     assert out["blocks"] == out["stats"]["blocks"] == blocks
     assert len(out["trace"]["block_times"]) == blocks and out["warnings"] == []
