@@ -8,7 +8,8 @@
     answer.text, answer.ttft_s, answer.trace.selected
 """
 
-from .engine import Engine, Stream, StreamConfig, load
+from .config import StreamConfig
+from .engine import Engine, Stream, load
 from .errors import ConfigError, EmptyMemoryError, InputError, MemStreamError, ModelLoadError, VideoError
 from .trace import Answer, RetrievalTrace
 

@@ -12,7 +12,8 @@ import os
 import sys
 import warnings
 
-from .engine import StreamConfig, load
+from .config import StreamConfig
+from .engine import load
 from .errors import MemStreamError
 
 

@@ -15,103 +15,23 @@ a time and steps aside whenever a question is waiting, so a question is served b
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from . import video
 from .backbone import Backbone, load_backbone
-from .errors import ConfigError, EmptyMemoryError, InputError, VideoError
-from .memory import POLICIES, KVMemory, MemoryConfig
-from .positions import PositionTracker, block_interval
+from .config import StreamConfig, check_question, check_times
+from .errors import ConfigError, EmptyMemoryError
+from .memory import KVMemory
+from .positions import block_interval
+from .prompt import question_ids, sink_text
+from .reference import reference_answer
 from .trace import Answer, RetrievalTrace
-
-SYSTEM_PROMPT = "You are a helpful assistant."
-MAX_QUESTION_CHARS = 4000
-MAX_NEW_TOKENS = 4096
-
-
-@dataclass
-class StreamConfig:
-    """Everything that shapes a stream's memory. Changing any of it means re-ingesting."""
-
-    policy: str = "rekv"  # memory policy: "full" or "rekv"
-    fps: float = 1.0  # frames sampled per second of video
-    tokens_per_frame: int = 256  # LLM tokens per frame (a block of 2 frames holds twice this)
-    topk: int = 16  # blocks retrieved per layer for a question (rekv)
-    n_local: int | None = 15000  # ingest sliding window in tokens (rekv); None = unbounded
-    positions: str = "original"  # "original" (time-faithful) or "compact" (re-rotated to slots)
-    score: str = "dot"  # "dot" or "cosine" retrieval score
-    chunk_size: int = 1  # retrieve runs of consecutive blocks of this length
-    question_window: bool = False  # a question also sees the local window (original positions)
-    encode_batch: int = 4  # blocks per vision-tower call during add_video
-
-    def validate(self) -> StreamConfig:
-        def need(ok: bool, sentence: str) -> None:
-            if not ok:
-                raise ConfigError(sentence)
-
-        need(self.policy in POLICIES, f"Unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}.")
-        need(_is_number(self.fps) and math.isfinite(self.fps) and 0 < self.fps <= 60,
-             f"fps must be a number in (0, 60], got {self.fps!r}.")
-        need(_is_int(self.tokens_per_frame) and 4 <= self.tokens_per_frame <= 16384,
-             f"tokens_per_frame must be an integer from 4 to 16384, got {self.tokens_per_frame!r}.")
-        need(_is_int(self.topk) and self.topk >= 1, f"topk must be a positive integer, got {self.topk!r}.")
-        need(self.n_local is None or (_is_int(self.n_local) and self.n_local >= 1),
-             f"n_local must be a positive number of tokens or None, got {self.n_local!r}.")
-        need(self.positions in ("original", "compact"),
-             f"positions must be 'original' or 'compact', got {self.positions!r}.")
-        need(self.score in ("dot", "cosine"), f"score must be 'dot' or 'cosine', got {self.score!r}.")
-        need(_is_int(self.chunk_size) and self.chunk_size >= 1,
-             f"chunk_size must be a positive integer, got {self.chunk_size!r}.")
-        need(not (self.question_window and self.positions == "compact"),
-             "question_window needs positions='original' (compact slots assume exactly topk blocks).")
-        need(_is_int(self.encode_batch) and self.encode_batch >= 1, "encode_batch must be a positive integer.")
-        return self
-
-    def memory_config(self) -> MemoryConfig:
-        full = self.policy == "full"
-        return MemoryConfig(policy=self.policy, n_local=None if full else self.n_local, topk=self.topk,
-                            positions=self.positions, score=self.score, chunk_size=self.chunk_size,
-                            question_window=self.question_window)
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
-def _sink_text() -> str:
-    return f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-
-
-def _question_ids(bb: Backbone, question: str) -> tuple[list[int], slice]:
-    """Token ids of the text after the video, and the slice holding the raw question."""
-    head = bb.tokenize("<|vision_end|>")
-    body = bb.tokenize(question)
-    tail = bb.tokenize("<|im_end|>\n<|im_start|>assistant\n")
-    return head + body + tail, slice(len(head), len(head) + len(body))
-
-
-def _check_question(question: object, max_new_tokens: object) -> str:
-    if not isinstance(question, str):
-        raise InputError(f"The question must be text, got {type(question).__name__}.")
-    q = question.strip()
-    if not q:
-        raise InputError("The question is empty; type a question about the video.")
-    if len(q) > MAX_QUESTION_CHARS:
-        raise InputError(f"The question is too long ({len(q)} characters; the limit is {MAX_QUESTION_CHARS}).")
-    if not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise InputError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens!r}.")
-    return q
 
 
 class Engine:
@@ -135,76 +55,12 @@ class Engine:
             raise ConfigError(f"Unknown stream option: {exc}.") from exc
         return Stream(self, cfg.validate())
 
-    @torch.inference_mode()
     def reference_answer(self, frames: np.ndarray, times: list[float] | np.ndarray | None, question: str, *,
                          fps: float = 1.0, tokens_per_frame: int = 256, max_new_tokens: int = 1) -> Answer:
-        """The oracle: one standard forward of the model over all frames and the question.
-
-        Uses the stock `Qwen2_5_VLForConditionalGeneration.forward` (vision tower over all frames
-        at once, placeholder tokens, its own KV cache), the same prompt as a stream, and positions
-        from the same rule. Under policy `full`, a stream's `first_logits` must equal these.
-        """
-        q = _check_question(question, max_new_tokens)
-        cfg = StreamConfig(fps=fps, tokens_per_frame=tokens_per_frame).validate()
-        bb, spec = self.backbone, self.backbone.spec
-        t0 = time.perf_counter()
-        frames = video.to_rgb_frames(frames)
-        size = video.frame_size_for_budget(frames.shape[1], frames.shape[2], cfg.tokens_per_frame)
-        frames = video.resize_frames(frames, size)
-        n_frames = len(frames)
-        times_arr = _check_times(times, n_frames, None, cfg.fps)
-        if n_frames % 2:
-            frames = np.concatenate([frames, frames[-1:]])
-        pixels, grid = bb.patchify(frames)
-        n_blocks, gh, gw = int(grid[0, 0]), size[0] // spec.pixels_per_token, size[1] // spec.pixels_per_token
-        tracker = PositionTracker(block_interval(cfg.fps, spec.tokens_per_second, spec.temporal_patch))
-        sink = bb.tokenize(_sink_text())
-        q_ids, _ = _question_ids(bb, q)
-        pos = [tracker.text(len(sink))] + [tracker.block(gh, gw)[0] for _ in range(n_blocks)]
-        start = tracker.next_text
-        pos.append(torch.arange(start, start + len(q_ids)).expand(3, -1))
-        ids = sink + [bb.video_token_id] * (n_blocks * gh * gw) + q_ids
-        out = bb.model(input_ids=torch.tensor([ids], device=bb.device),
-                       pixel_values_videos=pixels.to(bb.device, bb.dtype), video_grid_thw=grid.to(bb.device),
-                       position_ids=torch.cat(pos, dim=1).unsqueeze(1).to(bb.device), use_cache=True)
-        first = out.logits[0, -1].float()
-        ttft = time.perf_counter() - t0
-        generated, logits, cache, nxt = [], first, out.past_key_values, start + len(q_ids)
-        while len(generated) < max_new_tokens:
-            tok = int(logits.argmax())
-            if tok in bb.eos_ids:
-                break
-            generated.append(tok)
-            if len(generated) == max_new_tokens:
-                break
-            out = bb.model(input_ids=torch.tensor([[tok]], device=bb.device), past_key_values=cache,
-                           position_ids=torch.full((3, 1, 1), nxt, device=bb.device), use_cache=True)
-            logits, cache, nxt = out.logits[0, -1].float(), out.past_key_values, nxt + 1
-        return Answer(question=q, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                      token_ids=generated, ttft_s=ttft, first_logits=first.cpu(), trace=None,
-                      asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps, frames_seen=n_frames,
-                      blocks_seen=n_blocks, tokens_seen=n_blocks * gh * gw, policy="offline",
-                      total_s=time.perf_counter() - t0)
-
-
-def _check_times(times: object, n: int, last: float | None, fps: float) -> np.ndarray:
-    """Validate or synthesise the frames' timestamps (seconds, strictly increasing)."""
-    if times is None:
-        first = 0.0 if last is None else last + 1.0 / fps
-        return first + np.arange(n) / fps
-    try:
-        arr = np.asarray(times, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise InputError("Frame times must be numbers (seconds).") from exc
-    if len(arr) != n:
-        raise InputError(f"Got {n} frames but {len(arr)} timestamps.")
-    if not np.isfinite(arr).all() or (arr < 0).any():
-        raise InputError("Frame times must be finite, non-negative seconds.")
-    prev = np.concatenate([[-np.inf if last is None else last], arr[:-1]])
-    if (arr <= prev).any():
-        bad = int(np.argmax(arr <= prev))
-        raise InputError(f"Frame times must increase: got {arr[bad]:.3f} s after {prev[bad]:.3f} s.")
-    return arr
+        """The oracle: one standard forward of the stock model over all frames and the question
+        (see `reference.py`). Under policy `full`, a stream's `first_logits` equal these."""
+        return reference_answer(self.backbone, frames, times, question, fps=fps,
+                                tokens_per_frame=tokens_per_frame, max_new_tokens=max_new_tokens)
 
 
 class Stream:
@@ -217,7 +73,7 @@ class Stream:
         self._bb = bb
         self.memory = KVMemory(bb, config.memory_config(),
                                block_interval(config.fps, bb.spec.tokens_per_second, bb.spec.temporal_patch))
-        self.memory.ingest_sinks(bb.tokenize(_sink_text()))
+        self.memory.ingest_sinks(bb.tokenize(sink_text()))
         self.frame_size: tuple[int, int] | None = None  # (H, W) pixels, fixed by the first frame
         self._pending: list[tuple[np.ndarray, float]] = []  # an odd frame waiting for its partner
         self._last_time: float | None = None
@@ -248,7 +104,7 @@ class Stream:
         """
         frames = video.to_rgb_frames(frames)
         with self._input_lock:
-            times_arr = _check_times(times, len(frames), self._last_time, self.config.fps)
+            times_arr = check_times(times, len(frames), self._last_time, self.config.fps)
             size = self.frame_size or video.frame_size_for_budget(frames.shape[1], frames.shape[2],
                                                                   self.config.tokens_per_frame)
             resized = video.resize_frames(frames, size)
@@ -288,8 +144,6 @@ class Stream:
                 batch, batch_t = [], []
         if batch:
             added += self.add_frames(np.stack(batch), batch_t)
-        if self._frames_in_blocks == 0 and not self._pending and added == 0:
-            raise VideoError(f"No frames could be sampled from {path!s}.")
         return added + self.flush()
 
     def _ingest_pairs(self, pairs: list[tuple[np.ndarray, float]], padded: bool = False) -> int:
@@ -316,7 +170,7 @@ class Stream:
         partial `Answer`s (text growing token by token, `done=False`), the last one final; the
         memory is locked until the iterator is exhausted or closed.
         """
-        q = _check_question(question, max_new_tokens)
+        q = check_question(question, max_new_tokens)
         if not self.memory.blocks:
             if self._pending:
                 raise EmptyMemoryError("Only one frame has arrived; a question needs a block of two frames "
@@ -344,7 +198,7 @@ class Stream:
     def _decode(self, question: str, max_new_tokens: int) -> Iterator[Answer]:
         bb, mem = self._bb, self.memory
         t0 = time.perf_counter()
-        ids, qslice = _question_ids(bb, question)
+        ids, qslice = question_ids(bb, question)
         start = mem.question_start()
         cache = mem.question_cache(qslice)
         bb.capture = cache.capture

@@ -115,9 +115,9 @@ def test_retrieval_finds_a_planted_block_in_every_layer(engine):
 def first_query(stream, layer: int) -> torch.Tensor:
     """The question's mean position-free query in `layer`, recorded by a fresh question cache."""
     mem, bb = stream.memory, stream.engine.backbone
-    from memstream.engine import _question_ids
+    from memstream.prompt import question_ids
 
-    ids, qslice = _question_ids(bb, Q)
+    ids, qslice = question_ids(bb, Q)
     cache = mem.question_cache(qslice)
     bb.capture = cache.capture
     try:
