@@ -1,4 +1,4 @@
-"""Command line: `python -m memstream ask VIDEO "QUESTION" [options]`.
+"""Command line: `python -m memstream ask VIDEO "QUESTION" [options]` and other subcommands.
 
 Bad input prints one sentence to stderr and exits 2; nothing prints a traceback unless
 MEMSTREAM_DEBUG=1 is set.
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--score", default=d.score, help="'dot' or 'cosine'")
     ask.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit, tokens")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ask.set_defaults(handler=run_ask)
+    # other subcommands register here: module.register(sub) adds a parser with set_defaults(handler=...)
     return p
 
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = os.environ.get("MEMSTREAM_DEBUG") == "1"
     try:
-        return run_ask(args)
+        return args.handler(args)
     except MemStreamError as exc:
         if debug:
             raise

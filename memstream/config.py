@@ -28,6 +28,7 @@ class StreamConfig:
     chunk_size: int = 1  # retrieve runs of consecutive blocks of this length
     question_window: bool = False  # a question also sees the local window (original positions)
     encode_batch: int = 4  # blocks per vision-tower call during add_video
+    thumbnail_height: int | None = 96  # keep a thumbnail (this many px high) per block; None = none
 
     def validate(self) -> StreamConfig:
         def need(ok: bool, sentence: str) -> None:
@@ -50,6 +51,8 @@ class StreamConfig:
         need(not (self.question_window and self.positions == "compact"),
              "question_window needs positions='original' (compact slots assume exactly topk blocks).")
         need(is_int(self.encode_batch) and self.encode_batch >= 1, "encode_batch must be a positive integer.")
+        need(self.thumbnail_height is None or (is_int(self.thumbnail_height) and 8 <= self.thumbnail_height <= 1024),
+             f"thumbnail_height must be None or an integer from 8 to 1024, got {self.thumbnail_height!r}.")
         return self
 
     def memory_config(self) -> MemoryConfig:

@@ -25,8 +25,8 @@ import torch
 
 from . import video
 from .backbone import Backbone, load_backbone
-from .config import StreamConfig, check_question, check_times
-from .errors import ConfigError, EmptyMemoryError
+from .config import StreamConfig, check_question, check_times, is_number
+from .errors import ConfigError, EmptyMemoryError, InputError
 from .memory import KVMemory
 from .positions import block_interval
 from .prompt import question_ids, sink_text
@@ -83,6 +83,8 @@ class Stream:
         self._waiting = 0  # questions waiting for the memory lock
         self._waiting_lock = threading.Lock()
         self._ingest_s = 0.0  # seconds spent encoding + ingesting
+        self._thumbs: list[np.ndarray] = []  # per block: uint8 [h, w, 3] of its first frame
+        self._closed = threading.Event()
 
     # ---- input --------------------------------------------------------------------------------
     @property
@@ -103,6 +105,8 @@ class Stream:
         of blocks added; an odd last frame waits for the next call or `flush()`.
         """
         frames = video.to_rgb_frames(frames)
+        if self._closed.is_set():
+            raise InputError("This stream was closed; open a new stream to add frames.")
         with self._input_lock:
             times_arr = check_times(times, len(frames), self._last_time, self.config.fps)
             size = self.frame_size or video.frame_size_for_budget(frames.shape[1], frames.shape[2],
@@ -125,26 +129,48 @@ class Stream:
             added = self._ingest_pairs([(frame, t), (frame, t)], padded=True)
             return added
 
-    def add_video(self, path: str, max_seconds: float | None = None) -> int:
+    def add_video(self, path: str, max_seconds: float | None = None, pace: float | None = None) -> int:
         """Sample a video file at the stream's fps and ingest it; returns blocks added.
 
         Decoding is lazy: frames are read in small batches, never the whole file at once. The last
-        odd frame is padded (`flush`). Bad files raise `VideoError` with one sentence.
+        odd frame is padded (`flush`). `pace` replays the file at that multiple of real time
+        (1.0 = as a live camera would deliver it; None = as fast as possible). `close()` from
+        another thread stops it between two blocks. Bad files raise `VideoError` with one sentence.
         """
+        if pace is not None and not (is_number(pace) and pace > 0):
+            raise ConfigError(f"pace must be a positive multiple of real time or None, got {pace!r}.")
         start = 0.0 if self._last_time is None else self._last_time + 1.0 / self.config.fps
         added, batch, batch_t = 0, [], []
-        chunk = 2 * self.config.encode_batch
+        chunk = 2 if pace else 2 * self.config.encode_batch  # paced: each block as soon as it is whole
+        wall0 = time.perf_counter()
         for frame, t in video.sample_frames(path, self.config.fps):
-            if max_seconds is not None and t > max_seconds:
+            if self._closed.is_set() or (max_seconds is not None and t > max_seconds):
                 break
+            if pace:
+                time.sleep(max(0.0, wall0 + t / pace - time.perf_counter()))
             batch.append(frame)
             batch_t.append(start + t)
             if len(batch) == chunk:
                 added += self.add_frames(np.stack(batch), batch_t)
                 batch, batch_t = [], []
+        if self._closed.is_set():
+            return added
         if batch:
             added += self.add_frames(np.stack(batch), batch_t)
         return added + self.flush()
+
+    def close(self) -> None:
+        """Stop ingestion (a running `add_video` returns after its current block) and refuse new
+        frames. Questions still work on what is in memory."""
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def thumbnail(self, block: int) -> np.ndarray | None:
+        """The first frame of block `block`, uint8 [thumbnail_height, w, 3], or None if not kept."""
+        return self._thumbs[block] if 0 <= block < len(self._thumbs) else None
 
     def _ingest_pairs(self, pairs: list[tuple[np.ndarray, float]], padded: bool = False) -> int:
         if not pairs:
@@ -156,11 +182,21 @@ class Stream:
             times = (pairs[2 * i][1],) if padded else (pairs[2 * i][1], pairs[2 * i + 1][1])
             while self._waiting:  # a question is queued: let it take the lock first
                 time.sleep(0.0005)
+            thumb = self._make_thumbnail(pairs[2 * i][0])
             with self._lock:
                 self.memory.ingest_block(tokens[i], times, self.grid)
                 self._frames_in_blocks += len(times)
+                if thumb is not None:
+                    self._thumbs.append(thumb)
         self._ingest_s += time.perf_counter() - t0
         return tokens.shape[0]
+
+    def _make_thumbnail(self, frame: np.ndarray) -> np.ndarray | None:
+        h = self.config.thumbnail_height
+        if h is None:
+            return None
+        w = max(1, round(frame.shape[1] * h / frame.shape[0]))
+        return video.resize_frames(frame, (h, w))[0]
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, question: str, max_new_tokens: int = 64, stream: bool = False) -> Answer | Iterator[Answer]:
@@ -265,6 +301,7 @@ class Stream:
             "fps": self.config.fps,
             "ingest_s": self._ingest_s,
             "blocks_per_s": blocks / self._ingest_s if self._ingest_s > 0 else None,
+            "bytes_thumbnails": sum(t.nbytes for t in self._thumbs),
             "device": str(self._bb.device),
         }
 

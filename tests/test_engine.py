@@ -219,3 +219,34 @@ def test_an_odd_frame_waits_for_its_partner(engine):
     assert stream.stats()["frames"] == 1 and stream.stats()["blocks"] == 0
     stream.add_frames(random_frames(1, 56, 56, seed=1))
     assert stream.stats()["blocks"] == 1
+
+
+def test_thumbnails_close_and_pacing(engine, monkeypatch):
+    from pathlib import Path
+
+    sample = str(Path(__file__).resolve().parent.parent / "assets" / "sample.mp4")
+    stream = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=8, thumbnail_height=32)
+    frames = random_frames(4, 60, 120, seed=10)
+    stream.add_frames(frames)
+    thumb = stream.thumbnail(1)
+    assert thumb.dtype == np.uint8 and thumb.shape[0] == 32 and stream.thumbnail(2) is None
+    assert stream.stats()["bytes_thumbnails"] == 2 * thumb.nbytes
+    # pacing: the replay sleeps until each frame's time at `pace` x real time
+    clock, slept = [100.0], []  # a fake clock that only sleeping advances
+
+    def fake_sleep(s):
+        slept.append(round(s, 9))
+        clock[0] += s
+
+    monkeypatch.setattr("memstream.engine.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("memstream.engine.time.sleep", fake_sleep)
+    paced = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=8, thumbnail_height=None)
+    assert paced.add_video(sample, pace=4.0) == 4 and paced.thumbnail(0) is None
+    assert slept == [0.0] + [0.25] * 7  # frame k (k s into the video) is due k/4 s after the start
+    # close() from another thread stops a replay between blocks and refuses new frames
+    closing = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=8)
+    monkeypatch.setattr("memstream.engine.time.sleep", lambda s: closing.close() if closing.stats()["blocks"] else None)
+    assert closing.add_video(sample, pace=1.0) == 1
+    with pytest.raises(memstream.InputError):
+        closing.add_frames(frames)
+    assert closing.ask(Q, max_new_tokens=1).blocks_seen == 1
