@@ -55,6 +55,36 @@ class BlockInfo:
         return self.times[0]
 
 
+class RowBuffer:
+    """A tensor that grows along dim 0 with capacity doubling: appending is amortised O(1) instead
+    of the O(N) copy of `torch.cat`, which would make per-block ingest cost grow with the stream."""
+
+    def __init__(self):
+        self._data: torch.Tensor | None = None
+        self.rows = 0
+
+    def append(self, rows: torch.Tensor) -> None:
+        n = rows.shape[0]
+        if self._data is None or self.rows + n > self._data.shape[0]:
+            capacity = max(16, 2 * (self.rows + n))
+            grown = rows.new_empty((capacity, *rows.shape[1:]))
+            if self._data is not None:
+                grown[: self.rows] = self._data[: self.rows]
+            self._data = grown
+        self._data[self.rows: self.rows + n] = rows
+        self.rows += n
+
+    @property
+    def view(self) -> torch.Tensor:
+        """The rows so far, [rows, ...] (a view: writes go to the buffer)."""
+        assert self._data is not None, "empty buffer"
+        return self._data[: self.rows]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._data is None else self._data.numel() * self._data.element_size()
+
+
 class BlockStore:
     """Blocks' keys/values in host memory, one tensor [L, 2, Hkv, n, d] per block."""
 
@@ -100,7 +130,7 @@ class KVMemory:
         L = self.spec.n_layers
         self.sinks: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
         self.window: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
-        self.rep: list[torch.Tensor | None] = [None] * L  # [N, Hkv, d]
+        self.rep = [RowBuffer() for _ in range(L)]  # per layer [N, Hkv, d]
         self.blocks: list[BlockInfo] = []
         self.offload = config.policy != "full"
         self.store = BlockStore(pin=self.device.type == "cuda")
@@ -121,7 +151,7 @@ class KVMemory:
             for kv in group:
                 if kv is not None:
                     total += sum(t.numel() * t.element_size() for t in kv)
-        total += sum(r.numel() * r.element_size() for r in self.rep if r is not None)
+        total += sum(r.nbytes for r in self.rep)
         return total
 
     # ---- ingestion ----------------------------------------------------------------------------
@@ -170,11 +200,15 @@ class KVMemory:
                 wk, wv = wk[..., -n_local:, :], wv[..., -n_local:, :]
             self.window[layer] = (wk, wv)
             rep = cache.keys_free[layer].mean(dim=0, keepdim=True)  # [1, Hkv, d]
-            self.rep[layer] = rep if self.rep[layer] is None else torch.cat([self.rep[layer], rep])
+            self.rep[layer].append(rep)
         if self.offload:
             # [L, 2, Hkv, n, d]
             self.store.add(torch.stack([torch.cat([k, v]) for k, v in cache.new]))
         self.blocks.append(info)
+
+    def rep_keys(self, layer: int) -> torch.Tensor:
+        """Representative keys of every block in `layer`: [N, Hkv, d] (a view; writable)."""
+        return self.rep[layer].view
 
     # ---- questions ----------------------------------------------------------------------------
     def question_start(self) -> int:
@@ -243,7 +277,7 @@ class _QuestionCache:
     def _build_context(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         mem, cfg = self.mem, self.mem.cfg
         query = self.record.query[layer]
-        scores = block_scores(query, mem.rep[layer], cfg.score)
+        scores = block_scores(query, mem.rep_keys(layer), cfg.score)
         self.record.scores[layer] = scores
         n = len(mem.blocks)
         if cfg.policy == "full":

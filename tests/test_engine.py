@@ -103,9 +103,9 @@ def test_retrieval_finds_a_planted_block_in_every_layer(engine):
     planted = 5
     # Plant block 5's representative key along each layer's (group-summed) question query.
     for layer in range(engine.backbone.spec.n_layers):
-        hkv = mem.rep[layer].shape[1]
-        query = first_query(stream, layer).view(hkv, -1, mem.rep[layer].shape[-1]).sum(1)
-        mem.rep[layer][planted] = 100 * query / query.norm()
+        rep = mem.rep_keys(layer)  # [N, Hkv, d], a writable view
+        query = first_query(stream, layer).view(rep.shape[1], -1, rep.shape[-1]).sum(1)
+        rep[planted] = 100 * query / query.norm()
     again = stream.ask(Q, max_new_tokens=1)
     for sel in again.trace.selected:
         assert planted in sel.tolist() and len(sel) == 3

@@ -155,3 +155,16 @@ def test_tiny_checkpoint_tokenizer_and_determinism(engine, tiny_cache):
 
     fresh = Qwen2_5_VLForConditionalGeneration(tiny_config(build_tiny_tokenizer()))
     assert torch.equal(fresh.model.language_model.layers[0].self_attn.q_proj.weight, w)  # seeded weights
+
+
+def test_row_buffer_grows_like_cat():
+    from memstream.memory import RowBuffer
+
+    buf, rows = RowBuffer(), []
+    for i in range(40):
+        r = torch.full((1, 2, 3), float(i))
+        buf.append(r)
+        rows.append(r)
+    assert torch.equal(buf.view, torch.cat(rows)) and buf.rows == 40
+    buf.view[3] = -1.0  # a view: writes land in the buffer
+    assert torch.equal(buf.view[3], torch.full((2, 3), -1.0))
