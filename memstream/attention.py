@@ -38,11 +38,21 @@ def memory_attention(
         qi = torch.arange(sq, device=query.device)[:, None]
         kj = torch.arange(sk, device=query.device)[None, :]
         mask = kj <= qi + (sk - sq)  # [Sq, Sk] bool
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # expand GQA heads explicitly: works for every torch backend and mask type
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+    b, hq, _, d = query.shape
+    hkv = key.shape[1]
+    groups = hq // hkv
+    if groups > 1 and (mask is None or mask.dim() == 2):
+        # GQA without copying keys: query heads h*g .. h*g+g-1 share kv head h, so fold each
+        # group's queries into one longer query axis of that kv head ([B, Hkv, g*Sq, d]).
+        q = query.reshape(b, hkv, groups * sq, d)
+        m = None if mask is None else mask.repeat(groups, 1)  # [g*Sq, Sk]
+        out = F.scaled_dot_product_attention(q, key, value, attn_mask=m, scale=scaling)
+        out = out.reshape(b, hq, sq, d)
+    else:
+        if groups > 1:  # an unusual mask shape: expand the kv heads instead
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 

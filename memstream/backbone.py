@@ -9,12 +9,13 @@ The memory never touches transformers directly. It asks the backbone to
     (forward hooks on `q_proj`/`k_proj`, which run before that layer's `update()`), and
   * re-rotate stored keys to new positions (`rotate_keys`).
 
-Loading goes through `from_pretrained` for hub ids, local directories and the tiny model alike.
+Loading goes through `from_pretrained` for hub ids, local directories and the offline presets alike.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +25,7 @@ import torch
 
 from . import attention
 from .errors import ModelLoadError
+from .tiny import PRESETS, build_checkpoint
 
 # CLIP normalisation used by Qwen2.5-VL's image processor.
 PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -97,13 +99,25 @@ class Backbone:
         self.lm = model.model.language_model
         # Only the text decoder uses our attention; the vision tower keeps sdpa.
         model.set_attn_implementation({"text_config": attention.ATTENTION_NAME, "vision_config": "sdpa"})
-        self.capture: Capture | None = None
+        self._local = threading.local()  # per-thread capture target: streams may run in parallel
         for i, layer in enumerate(self.lm.layers):
             layer.self_attn.q_proj.register_forward_hook(self._hook("q", i, self.spec.n_heads))
             layer.self_attn.k_proj.register_forward_hook(self._hook("k", i, self.spec.n_kv_heads))
         self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                     tokenizer.convert_tokens_to_ids("<|endoftext|>")) if i is not None}
         self.video_token_id = model.config.video_token_id
+
+    @property
+    def capture(self) -> Capture | None:
+        """Where this thread's forward reports position-free queries/keys (None = nowhere).
+
+        Thread-local because several streams (browser sessions, compare mode) share one backbone
+        and the hooks run in the thread that runs the forward."""
+        return getattr(self._local, "capture", None)
+
+    @capture.setter
+    def capture(self, target: Capture | None) -> None:
+        self._local.capture = target
 
     def _hook(self, kind: str, layer_idx: int, heads: int):
         def hook(_module, _inputs, output):  # output [1, S, heads * d]
@@ -186,7 +200,8 @@ class Backbone:
 
 
 def load_backbone(name: str | None = None, device: str | None = "auto", cache_dir: str | None = None) -> Backbone:
-    """Load Qwen2.5-VL from a hub id, a local directory, or "tiny" (random weights, built offline).
+    """Load Qwen2.5-VL from a hub id, a local directory, or a preset of `tiny.PRESETS` ("tiny",
+    "small": random weights, built offline and then loaded through the same `from_pretrained`).
 
     bf16 on CUDA, fp32 on CPU. `name=None` picks the default real model for the device.
     """
@@ -198,10 +213,8 @@ def load_backbone(name: str | None = None, device: str | None = "auto", cache_di
     if name is None:
         name = DEFAULT_CUDA_MODEL if dev.type == "cuda" else DEFAULT_CPU_MODEL
     path = name
-    if name == "tiny":
-        from .tiny import build_tiny_checkpoint
-
-        path = str(build_tiny_checkpoint(cache_dir))
+    if name in PRESETS:  # offline random-weight presets ("tiny", "small"): built, then loaded like any checkpoint
+        path = str(build_checkpoint(name, cache_dir))
     elif (name.startswith((".", os.path.sep)) or name.count("/") > 1) and not os.path.isdir(name):
         raise ModelLoadError(f"Model directory {name!r} does not exist; use --model tiny for the offline model.")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -56,11 +56,12 @@ class Engine:
         return Stream(self, cfg.validate())
 
     def reference_answer(self, frames: np.ndarray, times: list[float] | np.ndarray | None, question: str, *,
-                         fps: float = 1.0, tokens_per_frame: int = 256, max_new_tokens: int = 1) -> Answer:
+                         fps: float = 1.0, tokens_per_frame: int = 256, max_new_tokens: int = 1,
+                         answer_prefix: str = "") -> Answer:
         """The oracle: one standard forward of the stock model over all frames and the question
         (see `reference.py`). Under policy `full`, a stream's `first_logits` equal these."""
-        return reference_answer(self.backbone, frames, times, question, fps=fps,
-                                tokens_per_frame=tokens_per_frame, max_new_tokens=max_new_tokens)
+        return reference_answer(self.backbone, frames, times, question, fps=fps, tokens_per_frame=tokens_per_frame,
+                                max_new_tokens=max_new_tokens, answer_prefix=answer_prefix)
 
 
 class Stream:
@@ -199,26 +200,36 @@ class Stream:
         return video.resize_frames(frame, (h, w))[0]
 
     # ---- questions ----------------------------------------------------------------------------
-    def ask(self, question: str, max_new_tokens: int = 64, stream: bool = False) -> Answer | Iterator[Answer]:
+    def ask(self, question: str, max_new_tokens: int = 64, stream: bool = False, *, query: str | None = None,
+            answer_prefix: str = "") -> Answer | Iterator[Answer]:
         """Answer from the memory so far (greedy decoding).
 
         With `stream=False` returns the final `Answer`. With `stream=True` returns an iterator of
         partial `Answer`s (text growing token by token, `done=False`), the last one final; the
         memory is locked until the iterator is exhausted or closed.
+
+        `query`: the part of the question whose tokens score the blocks (default: all of it; e.g.
+        the question without its options, as ReKV scores). `answer_prefix`: text that opens the
+        assistant's turn (e.g. "Best option: (" for multiple choice); never part of the query.
         """
         q = check_question(question, max_new_tokens)
+        if query is not None and (not isinstance(query, str) or not query.strip() or query.strip() not in q):
+            raise InputError("The retrieval query must be a non-empty part of the question's text.")
+        if not isinstance(answer_prefix, str):
+            raise InputError(f"answer_prefix must be text, got {type(answer_prefix).__name__}.")
         if not self.memory.blocks:
             if self._pending:
                 raise EmptyMemoryError("Only one frame has arrived; a question needs a block of two frames "
                                        "(add another frame or call flush()).")
             raise EmptyMemoryError("No video has been ingested yet; add a video or frames before asking.")
-        gen = self._answer(q, max_new_tokens)
+        ids, qslice = question_ids(self._bb, q, None if query is None else query.strip(), answer_prefix)
+        gen = self._answer(q, ids, qslice, max_new_tokens)
         if stream:
             return gen
         *_, final = gen  # drain the partial answers; the last one is final
         return final
 
-    def _answer(self, question: str, max_new_tokens: int) -> Iterator[Answer]:
+    def _answer(self, question: str, ids: list[int], qslice: slice, max_new_tokens: int) -> Iterator[Answer]:
         with self._waiting_lock:
             self._waiting += 1
         try:
@@ -227,14 +238,14 @@ class Stream:
             with self._waiting_lock:
                 self._waiting -= 1
         try:
-            yield from self._decode(question, max_new_tokens)
+            yield from self._decode(question, ids, qslice, max_new_tokens)
         finally:
             self._lock.release()
 
-    def _decode(self, question: str, max_new_tokens: int) -> Iterator[Answer]:
+    def _decode(self, question: str, ids: list[int], qslice: slice, max_new_tokens: int) -> Iterator[Answer]:
+        """ids: the prompt after the video; qslice: its retrieval-query tokens."""
         bb, mem = self._bb, self.memory
         t0 = time.perf_counter()
-        ids, qslice = question_ids(bb, question)
         start = mem.question_start()
         cache = mem.question_cache(qslice)
         bb.capture = cache.capture

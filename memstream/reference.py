@@ -23,7 +23,8 @@ from .trace import Answer
 
 @torch.inference_mode()
 def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] | np.ndarray | None, question: str, *,
-                     fps: float = 1.0, tokens_per_frame: int = 256, max_new_tokens: int = 1) -> Answer:
+                     fps: float = 1.0, tokens_per_frame: int = 256, max_new_tokens: int = 1,
+                     answer_prefix: str = "") -> Answer:
     """The oracle: one standard forward of the model over all frames and the question.
 
     Uses the stock `Qwen2_5_VLForConditionalGeneration.forward` (vision tower over all frames
@@ -45,7 +46,7 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     n_blocks, gh, gw = int(grid[0, 0]), size[0] // spec.pixels_per_token, size[1] // spec.pixels_per_token
     tracker = PositionTracker(block_interval(cfg.fps, spec.tokens_per_second, spec.temporal_patch))
     sink = bb.tokenize(sink_text())
-    q_ids, _ = question_ids(bb, q)
+    q_ids, _ = question_ids(bb, q, answer_prefix=answer_prefix)
     pos = [tracker.text(len(sink))] + [tracker.block(gh, gw)[0] for _ in range(n_blocks)]
     start = tracker.next_text
     pos.append(torch.arange(start, start + len(q_ids)).expand(3, -1))

@@ -250,3 +250,52 @@ def test_thumbnails_close_and_pacing(engine, monkeypatch):
     with pytest.raises(memstream.InputError):
         closing.add_frames(frames)
     assert closing.ask(Q, max_new_tokens=1).blocks_seen == 1
+
+
+def test_two_streams_on_one_engine_answer_in_parallel(engine):
+    """Streams share the backbone; their forwards may run at once in different threads."""
+    a_frames, b_frames = random_frames(8, 56, 56, seed=11), random_frames(8, 56, 84, seed=12)
+    expected = [ingest(engine, f, "rekv", topk=2, n_local=30).ask(Q, max_new_tokens=3) for f in (a_frames, b_frames)]
+    results: dict[int, list] = {0: [], 1: []}
+
+    def work(i, frames):
+        stream = ingest(engine, frames, "rekv", topk=2, n_local=30)
+        for _ in range(3):
+            results[i].append(stream.ask(Q, max_new_tokens=3))
+
+    threads = [threading.Thread(target=work, args=(i, f)) for i, f in enumerate((a_frames, b_frames))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        assert len(results[i]) == 3
+        for got in results[i]:
+            assert torch.equal(got.first_logits, expected[i].first_logits)
+            assert all(torch.equal(x, y) for x, y in zip(got.trace.selected, expected[i].trace.selected))
+
+
+def test_answer_prefix_and_retrieval_query(engine):
+    from memstream.prompt import question_ids
+
+    frames = random_frames(5, 56, 84, seed=13)
+    question = "Which shape moved? Options: (A) ball (B) box"
+    prefix = "Best option: ("
+    got = ingest(engine, frames, "full").ask(question, max_new_tokens=2, answer_prefix=prefix)
+    ref = engine.reference_answer(frames, np.arange(5.0), question, tokens_per_frame=8, max_new_tokens=2,
+                                  answer_prefix=prefix)
+    assert (got.first_logits - ref.first_logits).abs().max().item() < 1e-4 and got.token_ids == ref.token_ids
+    plain = ingest(engine, frames, "full").ask(question, max_new_tokens=2)
+    assert not torch.allclose(plain.first_logits, got.first_logits)  # the prefix is really in the prompt
+
+    bb = engine.backbone
+    ids, qslice = question_ids(bb, question, "Which shape moved?", prefix)
+    assert bb.tokenizer.decode(ids[qslice]) == "Which shape moved?"
+    assert bb.tokenizer.decode(ids).endswith("assistant\n" + prefix)
+    stream = ingest(engine, frames, "rekv", topk=1, n_local=10)
+    whole = stream.ask(question, max_new_tokens=1)
+    assert torch.equal(stream.ask(question, max_new_tokens=1, query=question).first_logits, whole.first_logits)
+    part = stream.ask(question, max_new_tokens=1, query="Which shape moved?")
+    assert not torch.equal(part.trace.internal, whole.trace.internal)  # scored by fewer tokens
+    with pytest.raises(memstream.InputError):
+        stream.ask(question, query="not in the question")
