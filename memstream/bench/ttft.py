@@ -1,0 +1,99 @@
+"""`bench ttft`: time to first token after M minutes of stream.
+
+For a memory policy, the stream ingests M minutes of synthetic video (fps frames per second, two
+frames per block) before the clock starts; then each question is timed from the call of
+`Stream.ask(question, max_new_tokens=1)` until it returns (first token in hand, device
+synchronised). The engine's own `Answer.ttft_s` (measured from when the question holds the memory
+lock, without building the trace) is reported next to it.
+
+`offline` is what a user without memstream does: keep the sampled frames and, when the question
+comes, make one standard call that encodes all of them and the question
+(`Engine.reference_answer`: resize, vision tower over every frame, one prefill of the stock model).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from ..engine import Engine, load
+from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, policy_help, spread, timed
+
+OFFLINE = "offline"
+QUESTIONS = (
+    "What is moving in the video?",
+    "Where is the white square at the end?",
+    "What colours does the background have?",
+    "Did anything change in the last minute?",
+    "How many objects are there?",
+    "Describe the motion from the start.",
+    "Is the video getting darker or brighter?",
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ttft", help="time to first token after M minutes of stream (or offline)")
+    p.add_argument("--policy", default="rekv", help=policy_help() + f", or '{OFFLINE}' (no memstream)")
+    p.add_argument("--minutes", type=float, default=1.0, help="stream length before the questions, minutes")
+    p.add_argument("--questions", type=int, default=5, help=f"questions asked (at most {len(QUESTIONS)})")
+    add_common_arguments(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
+    engine = load(model=args.model, device=args.device)
+    result = measure_ttft(engine, args.policy, args.minutes, fps=args.fps, tokens_per_frame=args.tokens_per_frame,
+                          questions=args.questions)
+    return emit({"bench": "ttft", **result}, args.json)
+
+
+def stream_frames(minutes: float, fps: float) -> int:
+    """Frames sampled in `minutes` at `fps`, rounded down to whole blocks (at least one block)."""
+    return max(2, int(minutes * 60 * fps) // 2 * 2)
+
+
+def measure_ttft(engine: Engine, policy: str, minutes: float, *, fps: float = 1.0, tokens_per_frame: int,
+                 questions: int = 5, **stream_options: Any) -> dict[str, Any]:
+    """Median (and min-max) seconds to the first token over `questions` questions asked after
+    `minutes` of stream. Returns policy, minutes, blocks, ttft_s, ttft_minmax_s and more."""
+    n_frames = stream_frames(minutes, fps)
+    video = SyntheticVideo()
+    asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(max(1, questions))]
+    times = np.arange(n_frames) / fps
+    engine_ttft: list[float] = []
+    if policy == OFFLINE:
+        frames = video.frames(0, n_frames)  # a user without memstream keeps the frames themselves
+        wall = []
+        for q in asked:
+            answer, seconds = timed(engine.device, lambda q=q: engine.reference_answer(
+                frames, times, q, fps=fps, tokens_per_frame=tokens_per_frame, max_new_tokens=1))
+            wall.append(seconds)
+            engine_ttft.append(answer.ttft_s)
+        tokens = answer.tokens_seen
+    else:
+        stream = engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, **stream_options)
+        chunk = 2 * stream.config.encode_batch  # as add_video feeds it: a few blocks per vision call
+        for start in range(0, n_frames, chunk):
+            stream.add_frames(video.frames(start, min(chunk, n_frames - start)), times[start:start + chunk])
+        wall = []
+        for q in asked:
+            answer, seconds = timed(engine.device, lambda q=q: stream.ask(q, max_new_tokens=1))
+            wall.append(seconds)
+            engine_ttft.append(answer.ttft_s)
+        tokens = stream.stats()["tokens_stored"]
+    s = spread(wall)
+    return {
+        "policy": policy,
+        "minutes": minutes,
+        "blocks": n_frames // 2,
+        "ttft_s": s["median"],
+        "ttft_minmax_s": [s["min"], s["max"]],
+        "engine_ttft_s": spread(engine_ttft)["median"],
+        "questions": len(asked),
+        "video_tokens": tokens,
+        "model": engine.backbone.name,
+        "device": str(engine.device),
+    }
