@@ -1,0 +1,176 @@
+"""Running an evaluation: one stream per video, its questions answered, one result line each.
+
+Offline mode (multiple-choice benchmarks: MLVU, EgoSchema, VideoMME, ...): the whole video is
+ingested once and every question is asked of that memory. Asking never changes the memory (a
+question's keys and values are dropped after its answer), so the order of questions is irrelevant
+and each one costs only its own forward pass.
+
+Streaming mode (RVS-Ego, RVS-Movie: questions carry `end_time`): questions are asked in time
+order, each after the video has been ingested up to its `end_time` and no further.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+from ..engine import Engine, Stream
+from ..errors import EmptyMemoryError, InputError
+from .annotations import Question, VideoItem
+from .errors import EvalError
+from .feeder import FrameFeeder
+from .judge import Judge, MatchJudge, contains_match, exact_match
+from .prompts import ANSWER_PREFIX, letter_token_ids, letters, mc_prompt, pick_letter
+from .results import Key, ResultsFile, summarise
+
+MODES = ("auto", "offline", "streaming")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that shapes the answers; recorded in every result line and checked on resume."""
+
+    model: str = ""  # the model's name as passed to `memstream.load` ("" = the loaded engine's name)
+    policy: str = "rekv"
+    fps: float = 1.0  # frames sampled per second of video
+    tokens_per_frame: int = 256  # LLM tokens per frame
+    topk: int = 16  # blocks retrieved per layer
+    n_local: int | None = 15000  # ingest sliding window, tokens
+    positions: str = "original"
+    score: str = "dot"
+    max_new_tokens: int = 64  # answer length limit of open-ended questions (MC needs one token)
+    mode: str = "auto"  # "auto" (streaming when questions have end_time), "offline" or "streaming"
+
+    def stream_options(self) -> dict:
+        return {k: getattr(self, k) for k in ("policy", "fps", "tokens_per_frame", "topk", "n_local",
+                                              "positions", "score")}
+
+
+@dataclass
+class EvalRun:
+    """What `run_eval` returns: every record of the annotation's questions (this run's and earlier
+    ones', in annotation order), the summary over them, and this run's own counts."""
+
+    records: list[dict]
+    summary: dict
+    answered: int  # questions answered by this run
+    resumed: int  # questions whose results were already in the results file
+    warnings: list[str]
+
+
+def run_eval(engine: Engine | Callable[[], Engine], videos: list[VideoItem], settings: EvalSettings,
+             judge: Judge | None = None, out: str | None = None, progress: bool = True) -> EvalRun:
+    """Evaluate on `videos`; append one line per new answer to `out` (JSONL, resumable).
+
+    `engine` may be a loaded `Engine` or a function that loads one: it is then called only if some
+    question is still unanswered, after the results file has been checked, so a finished run
+    resumes instantly and a wrong `out` fails before minutes of model loading.
+    """
+    judge = judge or MatchJudge()
+    if not settings.model and isinstance(engine, Engine):
+        settings = replace(settings, model=engine.backbone.name)
+    if settings.mode not in MODES:
+        raise EvalError(f"Unknown mode {settings.mode!r}; choose one of {', '.join(MODES)}.")
+    settings_dict = {**asdict(settings), "judge": judge.name}  # another judge grades differently
+    results = ResultsFile(out, settings_dict) if out else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done: dict[Key, dict] = results.load() if results else {}
+    notes = [str(w.message) for w in caught]
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    wanted = [(v, q) for v in videos for q in v.questions]
+    resumed = sum((v.video_id, q.index) in done for v, q in wanted)
+    todo = len(wanted) - resumed
+    if todo and not isinstance(engine, Engine):
+        engine = engine()
+    bar = _progress_bar(todo, progress)
+    answered = 0
+    try:
+        for item in videos:
+            pending = [q for q in item.questions if (item.video_id, q.index) not in done]
+            if not pending:
+                continue
+            streaming = settings.mode == "streaming" or (settings.mode == "auto" and item.streaming)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for record in _video_records(engine, item, pending, settings, judge, streaming):
+                    record["settings"] = settings_dict
+                    if results:
+                        results.append(record)
+                    done[(item.video_id, record["index"])] = record
+                    answered += 1
+                    bar.update(1)
+            for w in caught:
+                notes.append(f"{item.video_id}: {w.message}")
+                bar.write(f"warning: {item.video_id}: {w.message}", file=sys.stderr)
+    finally:
+        bar.close()
+    records = [done[(v.video_id, q.index)] for v, q in wanted]
+    return EvalRun(records, summarise(records), answered, resumed, notes)
+
+
+def _progress_bar(total: int, enabled: bool):
+    # tqdm comes with transformers; it shows rate and ETA and redraws in place on a terminal
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="eval", unit="q", file=sys.stderr, disable=not enabled or total == 0,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def _video_records(engine: Engine, item: VideoItem, pending: list[Question], settings: EvalSettings,
+                   judge: Judge, streaming: bool):
+    """Yield one record per pending question of one video, ingesting its frames as needed."""
+    # no thumbnails: nothing draws them here, and a long video's would be tens of MB per stream
+    stream = engine.stream(**settings.stream_options(), thumbnail_height=None)
+    try:
+        if not streaming:
+            stream.add_video(str(item.path))
+            for q in pending:
+                yield _answer(stream, item, q, settings, judge, "offline")
+            return
+        feeder = FrameFeeder(stream, item.path)
+        inf = float("inf")
+        for q in sorted(pending, key=lambda q: (inf if q.end_time is None else q.end_time, q.index)):
+            feeder.advance_to(q.end_time)
+            yield _answer(stream, item, q, settings, judge, "streaming")
+    finally:
+        stream.close()
+
+
+def _answer(stream: Stream, item: VideoItem, q: Question, settings: EvalSettings, judge: Judge,
+            mode: str) -> dict:
+    """Ask one question and grade it. A question the stream refuses (asked before the first block
+    exists, or a prompt over the length limit) is recorded as an error with score 0: it is a
+    property of the annotation, so a rerun would only repeat it."""
+    record = {"video_id": item.video_id, "index": q.index, "question_type": q.question_type,
+              "kind": "mc" if q.multiple_choice else "open", "mode": mode, "question": q.question,
+              "start_time": q.start_time, "end_time": q.end_time}
+    prompt = mc_prompt(q.question, q.choices) if q.multiple_choice else q.question
+    try:
+        # a multiple-choice answer is read off the first token's logits: one token is enough
+        if q.multiple_choice:  # score blocks with the question alone; the turn opens "Best option: ("
+            answer = stream.ask(prompt, max_new_tokens=1, query=q.question, answer_prefix=ANSWER_PREFIX)
+        else:
+            answer = stream.ask(prompt, max_new_tokens=settings.max_new_tokens)
+    except (EmptyMemoryError, InputError) as exc:
+        reference = letters(len(q.choices))[q.answer_index] if q.multiple_choice else q.answer
+        return {**record, "prediction": None, "reference": reference, "correct": False, "score": 0.0,
+                "ttft_s": None, "blocks_seen": 0, "error": str(exc)}
+    record.update(ttft_s=answer.ttft_s, total_s=answer.total_s, asked_at_s=answer.asked_at_s,
+                  frames_seen=answer.frames_seen, blocks_seen=answer.blocks_seen, tokens_seen=answer.tokens_seen)
+    if q.multiple_choice:
+        names = letters(len(q.choices))
+        chosen, logits = pick_letter(answer.first_logits, letter_token_ids(stream.engine.backbone, len(names)))
+        correct = chosen == q.answer_index
+        record.update(prediction=names[chosen], reference=names[q.answer_index], correct=correct,
+                      score=float(correct), letter_logits=dict(zip(names, logits)), choices=list(q.choices))
+    else:
+        prediction = answer.text.strip()
+        score = float(judge.score(q.question, str(q.answer), prediction))
+        record.update(prediction=prediction, reference=q.answer, score=min(1.0, max(0.0, score)),
+                      exact=exact_match(str(q.answer), prediction),
+                      contains=contains_match(str(q.answer), prediction), judge=judge.name)
+    return record
