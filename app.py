@@ -1,7 +1,13 @@
-"""The web demo's entry point (a Hugging Face Space runs this file).
+"""The web demo's entry point (a Hugging Face Space runs this file); the page is `memstream.ui`.
 
-For now a minimal page: pick a video, ask a question, read the answer and what was retrieved.
-The full demo (live ingestion, chat, heatmaps, policy comparison) replaces it.
+    python app.py [--model ID|tiny] [--expert NAME|tiny|none] [--device auto|cpu|cuda]
+                  [--server-name 0.0.0.0] [--server-port 7860 (or $PORT)] [--share]
+                  [--max-sessions 8] [--session-memory-mb 4096] [--idle-timeout 1800]
+
+$MEMSTREAM_MODEL and $MEMSTREAM_EXPERT give the defaults of --model and --expert (for a Space).
+
+If the model cannot be loaded, the demo falls back to the tiny random-weight model and says so in
+a banner on the page.
 """
 
 from __future__ import annotations
@@ -9,53 +15,60 @@ from __future__ import annotations
 import argparse
 import os
 
-import gradio as gr
-
 import memstream
+from memstream.ui import Limits, Settings, build, launch
 
-SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sample.mp4")
-
-
-def build(engine: memstream.Engine, banner: str) -> gr.Blocks:
-    def answer(video_path: str | None, question: str, policy: str) -> tuple[str, str]:
-        try:
-            stream = engine.stream(policy=policy, tokens_per_frame=64)
-            stream.add_video(video_path or SAMPLE)
-            ans = stream.ask(question)
-        except memstream.MemStreamError as exc:
-            return f"⚠️ {exc}", ""
-        sel = ans.trace.selection_counts()
-        picked = ", ".join(f"{t:.1f}s" for t, c in zip(ans.trace.block_times.tolist(), sel.tolist()) if c)
-        return ans.text, f"{ans.summary()}\nretrieved blocks at: {picked}"
-
-    with gr.Blocks(title="memstream") as demo:
-        gr.Markdown(f"# memstream\nStreaming video QA over a KV-cache memory. {banner}")
-        video = gr.Video(value=SAMPLE, label="video")
-        question = gr.Textbox(label="question", value="What is moving?")
-        policy = gr.Radio(["rekv", "full"], value="rekv", label="policy")
-        go = gr.Button("Ask")
-        out = gr.Textbox(label="answer")
-        info = gr.Textbox(label="what it saw")
-        go.click(answer, [video, question, policy], [out, info])
-    return demo
+TINY_BANNER = ("**Answers come from a tiny random-weight model**, so they are noise; ingestion, memory, retrieval "
+               "and the heatmaps work exactly as with the real model.")
 
 
-def main() -> None:
+def _load(model: str | None, expert: str | None, device: str) -> tuple[memstream.Engine, str]:
+    """Load with the expert; if only the expert fails, load without it and say so."""
+    if expert is None:
+        return memstream.load(model=model, device=device), ""
+    try:
+        return memstream.load(model=model, expert=expert, device=device), ""
+    except memstream.MemStreamError as exc:
+        print(f"warning: {exc} Continuing without an external expert.", flush=True)
+        return memstream.load(model=model, device=device), f"The external expert is off ({exc})"
+
+
+def load_engine(model: str | None, expert: str | None, device: str) -> tuple[memstream.Engine, str]:
+    """The engine and the banner to show (empty when everything requested loaded)."""
+    expert = None if expert in (None, "none") else expert
+    if model == "tiny":
+        engine, note = _load("tiny", expert, device)
+        return engine, " ".join(x for x in (note, TINY_BANNER) if x)
+    try:
+        engine, note = _load(model, expert, device)
+        return engine, note
+    except memstream.MemStreamError as exc:
+        print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
+        engine, note = _load("tiny", expert, device)
+        return engine, " ".join(x for x in (f"The real model could not be loaded ({exc})", note, TINY_BANNER) if x)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="memstream web demo")
-    ap.add_argument("--model", default=None, help="hub id, local directory or 'tiny' (default: the real model)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--server-name", default="0.0.0.0")
+    ap.add_argument("--model", default=os.environ.get("MEMSTREAM_MODEL") or None,
+                    help="hub id, local directory or 'tiny' (default: $MEMSTREAM_MODEL, else the real model)")
+    ap.add_argument("--expert", default=os.environ.get("MEMSTREAM_EXPERT") or "none",
+                    help="external retrieval expert: NAME, 'tiny' or 'none' (default: $MEMSTREAM_EXPERT or none)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--server-name", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     ap.add_argument("--server-port", type=int, default=int(os.environ.get("PORT", 7860)))
     ap.add_argument("--share", action="store_true")
-    args = ap.parse_args()
-    banner = ""
-    try:
-        engine = memstream.load(model=args.model, device=args.device)
-    except memstream.ModelLoadError as exc:
-        print(f"warning: {exc} Falling back to the tiny random-weight model.")
-        engine = memstream.load(model="tiny", device=args.device)
-        banner = "**The real model could not be loaded: answers come from a tiny random-weight model.**"
-    build(engine, banner).launch(server_name=args.server_name, server_port=args.server_port, share=args.share)
+    ap.add_argument("--max-sessions", type=int, default=8, help="concurrent browser sessions")
+    ap.add_argument("--session-memory-mb", type=float, default=4096.0, help="memory cap per session")
+    ap.add_argument("--idle-timeout", type=float, default=1800.0, help="seconds before an idle session is freed")
+    args = ap.parse_args(argv)
+    engine, banner = load_engine(args.model, args.expert, args.device)
+    tiny = TINY_BANNER in banner
+    defaults = Settings(tokens_per_frame=64 if tiny else 256, topk=4 if tiny else 16)
+    limits = Limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,
+                    idle_timeout_s=args.idle_timeout)
+    demo = build(engine, banner=banner, defaults=defaults, limits=limits)
+    launch(demo, server_name=args.server_name, server_port=args.server_port, share=args.share)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+from . import bench, evaluate
 from .config import StreamConfig
 from .engine import load
 from .errors import MemStreamError
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ask.set_defaults(handler=run_ask)
     # other subcommands register here: module.register(sub) adds a parser with set_defaults(handler=...)
+    bench.register(sub)
+    evaluate.register(sub)
     return p
 
 

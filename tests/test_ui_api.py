@@ -1,0 +1,143 @@
+"""The demo's API with gradio_client, against the app started in-process on the tiny model:
+upload, wait for blocks, ask, get an answer and a plot. Also app.py's startup and fallback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = str(ROOT / "assets" / "sample.mp4")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from memstream.ui import Limits, Settings, build, launch
+
+    demo = build(engine, banner="tiny model", defaults=Settings(tokens_per_frame=16, topk=3, max_new_tokens=8),
+                 limits=Limits(max_sessions=4))
+    port = free_port()
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.sessions.shutdown()
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def wait_status(client, cond, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = client.predict(api_name="/status")
+        if cond(st):
+            return st
+        time.sleep(0.3)
+    raise AssertionError(f"timed out; last status {st}")
+
+
+def test_upload_wait_ask_answer_and_plot(client):
+    from gradio_client import handle_file
+
+    notice, status_html, _player = client.predict(handle_file(SAMPLE), api_name="/upload")
+    assert "Ingesting sample.mp4" in notice
+    st = wait_status(client, lambda s: s.get("state") == "done")
+    assert st["blocks"] == 8 and st["tokens_stored"] > 0 and st["compression_ratio"] is None
+
+    chat, question_box, notice, pick, plot, plot_b, gallery, gallery_b = client.predict(
+        "What is moving?", api_name="/ask")
+    assert chat[-2]["role"] == "user" and chat[-1]["role"] == "assistant"
+    text = chat[-1]["content"][0]["text"] if isinstance(chat[-1]["content"], list) else chat[-1]["content"]
+    assert "asked at 8.0 s" in text and "16 frames" in text and "policy rekv" in text
+    assert plot["type"] == "plotly"
+    fig = json.loads(plot["plot"])
+    assert "temporal bias" in fig["layout"]["title"]["text"]
+    assert [d["type"] for d in fig["data"]] == ["heatmap", "scatter", "heatmap", "scatter"]
+    assert "data:image/jpeg;base64," in gallery and "layers</figcaption>" in gallery  # the thumbnail strip
+    assert plot_b is None and "data-count='0'" in gallery_b
+
+
+def test_bad_upload_and_empty_question_give_messages(client, tmp_path):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "slides.mp4"
+    bad.write_text("no video here\n" * 30)
+    notice, _, _ = client.predict(handle_file(str(bad)), api_name="/upload")
+    assert "cannot be used" in notice and "slides.mp4" in notice
+    chat, q, notice, *_ = client.predict("   ", api_name="/ask")
+    assert "question is empty" in notice
+    st = client.predict(api_name="/status")
+    assert st["source"] == "sample.mp4" and st["blocks"] == 8  # memory kept
+
+
+def test_settings_endpoint_reingests(client):
+    notice, _ = client.predict("full", 1.0, 16, 3, 0, "as fast as possible", "off", 8, "none", 60, 1, 1,
+                               api_name="/settings")
+    assert "policy rekv → full" in notice and "fps 2 → 1" in notice
+    st = wait_status(client, lambda s: s.get("state") == "done" and s.get("policies") == ["full"])
+    assert st["blocks"] == 4
+
+
+def test_compare_mode_answers_under_two_policies(client):
+    client.predict("rekv", 2.0, 16, 3, 0, "as fast as possible", "full", 8, "none", 60, 1, 1, api_name="/settings")
+    wait_status(client, lambda s: s.get("state") == "done" and s.get("policies") == ["rekv", "full"])
+    chat, _, notice, pick, plot, plot_b, gallery, gallery_b = client.predict("Which one?", api_name="/ask")
+    texts = [m["content"][0]["text"] for m in chat[-2:]]
+    assert texts[0].startswith("**rekv**") and texts[1].startswith("**full**")
+    assert json.loads(plot["plot"])["layout"]["title"]["text"].count("rekv") == 1
+    assert "full" in json.loads(plot_b["plot"])["layout"]["title"]["text"]
+    assert "figcaption" in gallery_b
+
+
+def test_app_falls_back_to_tiny_with_a_banner(monkeypatch, tiny_cache, tmp_path):
+    import app
+
+    monkeypatch.setenv("MEMSTREAM_CACHE", str(tiny_cache))
+    engine, banner = app.load_engine(str(tmp_path / "no-such-model"), "none", "cpu")
+    assert "could not be loaded" in banner and "random-weight" in banner
+    assert engine.backbone is not None
+
+    seen = {}
+    monkeypatch.setenv("PORT", "7999")
+    monkeypatch.setattr(app, "launch", lambda demo, **kw: seen.update(kw, demo=demo))
+    app.main(["--model", "tiny", "--expert", "tiny"])
+    assert seen["server_port"] == 7999 and seen["server_name"] == "0.0.0.0"
+    seen["demo"].sessions.shutdown()
+
+
+def test_space_front_matter_and_spacefile_are_valid():
+    import gradio
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme.startswith("---\n")
+    front = yaml.safe_load(readme.split("\n---\n", 1)[0][4:])
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and (ROOT / front["app_file"]).exists()
+    pinned = [line.split("==")[1].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+              if line.startswith("gradio==")]
+    assert front["sdk_version"] == pinned[0] == gradio.__version__
+    assert front["suggested_hardware"] in {"t4-medium", "l4x1", "a10g-small", "a10g-large", "a100-large"}
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" in front["preload_from_hub"]
+    assert len(front["short_description"]) <= 60
+
+    space = yaml.safe_load((ROOT / "Spacefile").read_text())
+    assert space["v"] == 0
+    (micro,) = space["micros"]
+    assert micro["engine"] == "custom" and micro["primary"] is True
+    assert micro["run"].startswith("python app.py") and "$PORT" in micro["run"]
+    for path in micro["include"]:
+        assert (ROOT / path).exists(), path

@@ -1,0 +1,140 @@
+"""Per-browser-session state of the demo (no browser): ingestion thread, questions, settings,
+compare mode, webcam frames, caps and the idle reaper, on the tiny model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memstream.errors import EmptyMemoryError, InputError
+from memstream.ui.session import Limits, SessionLimitError, SessionManager, Settings
+
+SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
+FAST = Settings(tokens_per_frame=16, topk=3, fps=2.0, max_new_tokens=4)
+
+
+def wait_for(cond, timeout=30.0, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def manager(engine):
+    m = SessionManager(engine, FAST, Limits(max_sessions=3, max_thumbnails=2))
+    yield m
+    m.shutdown()
+
+
+def answer(session, question="What is moving?"):
+    finals, partials = [], 0
+    for _i, policy, part in session.ask(question):
+        partials += 1
+        if part.done:
+            finals.append((policy, part))
+    return finals, partials
+
+
+def test_file_ingestion_question_and_record(manager):
+    s = manager.get("tab-1")
+    assert s.start_file(SAMPLE, "sample.mp4")
+    wait_for(lambda: s.status()["state"] == "done")
+    st = s.status()
+    assert st["blocks"] == 8 and st["frames"] == 16 and st["progress"] == 1.0
+    assert st["compression_ratio"] is None and st["mb_cpu"] > 0 and st["mb_gpu"] == 0
+    assert "in memory" in s.notice.text
+    finals, partials = answer(s)
+    assert [p for p, _ in finals] == ["rekv"] and partials >= 2
+    idx = s.record("What is moving?", finals)
+    res = s.records[idx].results[0]
+    assert 1 <= len(res.thumbnails) <= 2  # capped by max_thumbnails
+    img, caption = res.thumbnails[0]
+    assert img.dtype == np.uint8 and img.ndim == 3 and caption.endswith("layers")
+
+
+def test_bad_inputs_keep_the_session_working(manager, tmp_path):
+    s = manager.get("tab-2")
+    with pytest.raises(EmptyMemoryError):  # a question before any video
+        answer(s)
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video\n" * 20)
+    assert not s.start_file(str(bad), "notes.mp4")
+    assert s.notice.level == "error" and "notes.mp4" in s.notice.text and str(tmp_path) not in s.notice.text
+    assert s.start_file(SAMPLE, "sample.mp4")
+    wait_for(lambda: s.status()["state"] == "done")
+    assert not s.start_file(str(bad), "notes.mp4")  # a bad upload later keeps the memory
+    assert "keeps sample.mp4" in s.notice.text
+    assert s.status()["blocks"] == 8
+    with pytest.raises(InputError):
+        answer(s, "   ")
+    finals, _ = answer(s)
+    assert finals
+
+
+def test_settings_change_reingests_and_compare_answers_twice(manager):
+    s = manager.get("tab-3")
+    s.start_file(SAMPLE, "sample.mp4")
+    wait_for(lambda: s.status()["state"] == "done")
+    s.apply_settings(Settings(**{**FAST.__dict__, "pace": "real time"}))
+    assert "unchanged" in s.notice.text and s.status()["blocks"] == 8
+    s.apply_settings(Settings(**{**FAST.__dict__, "fps": 1.0, "compare": "full"}))
+    assert "fps 2 → 1" in s.notice.text and "compare none → full" in s.notice.text
+    s.settings.pace = "as fast as possible"
+    wait_for(lambda: s.status()["state"] == "done")
+    st = s.status()
+    assert st["blocks"] == 4 and st["policies"] == ["rekv", "full"]
+    finals, _ = answer(s)
+    assert [p for p, _ in finals] == ["rekv", "full"]
+    assert s.apply_settings(Settings(**{**FAST.__dict__, "policy": "nope"})).startswith("Settings not applied")
+
+
+def test_webcam_frames_fill_memory_and_a_stop_is_reported(engine):
+    m = SessionManager(engine, Settings(tokens_per_frame=16, fps=8.0), Limits(webcam_gap_s=0.4))
+    try:
+        s = m.get("cam")
+        rng = np.random.default_rng(0)
+        for _ in range(8):
+            s.push_webcam(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+            time.sleep(0.13)
+        wait_for(lambda: s.status().get("blocks", 0) >= 3)
+        assert s.status()["kind"] == "webcam"
+        wait_for(lambda: s.status()["state"] == "paused")  # no frames for longer than webcam_gap_s
+        finals, _ = answer(s)
+        assert finals  # what was ingested keeps working
+    finally:
+        m.shutdown()
+
+
+def test_caps_and_idle_reaper(engine):
+    m = SessionManager(engine, FAST, Limits(max_sessions=1, session_memory_mb=0.05, idle_timeout_s=3600))
+    try:
+        s = m.get("one")
+        with pytest.raises(SessionLimitError, match="limit of 1"):
+            m.get("two")
+        s.start_file(SAMPLE, "sample.mp4")
+        wait_for(lambda: s.status()["state"] == "capped")
+        assert s.notice.level == "warning" and "Memory cap" in s.notice.text
+        assert 0 < s.status()["blocks"] < 8
+        assert answer(s)[0]  # questions still work on what is stored
+        s.last_active -= 7200
+        assert m.reap() == ["one"] and m.expired("one") and len(m) == 0
+        assert s.closed
+        m.get("two")  # the slot is free again
+    finally:
+        m.shutdown()
+
+
+def test_stream_options_only_pass_fields_the_library_knows():
+    opts = Settings(expert="tiny", fusion_c=30.0).stream_options()
+    from dataclasses import fields
+
+    from memstream.config import StreamConfig
+    known = {f.name for f in fields(StreamConfig)}
+    assert set(opts) <= known
+    assert Settings(compare="rekv").policies() == ["rekv"]  # comparing a policy with itself is one answer
