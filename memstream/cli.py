@@ -13,30 +13,20 @@ import sys
 import warnings
 
 from . import bench, evaluate
-from .config import StreamConfig
+from .config import add_stream_arguments, stream_options
 from .engine import load
 from .errors import MemStreamError
 
 
 def _parser() -> argparse.ArgumentParser:
-    d = StreamConfig()  # one source of defaults for the library and the CLI
     p = argparse.ArgumentParser(prog="python -m memstream",
                                 description="Streaming video question answering over a KV-cache memory.")
     sub = p.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="ingest a video, then answer one question about it")
     ask.add_argument("video", help="path of the video file")
     ask.add_argument("question", help="the question, in quotes")
-    ask.add_argument("--model", default="tiny",
-                     help="'tiny' (offline random weights, the default), a hub id or a local directory")
     ask.add_argument("--expert", default=None, help="external retrieval expert (none in this version)")
-    ask.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
-    ask.add_argument("--policy", default=d.policy, help="memory policy: full or rekv")
-    ask.add_argument("--fps", type=float, default=d.fps, help="frames sampled per second of video")
-    ask.add_argument("--tokens-per-frame", type=int, default=d.tokens_per_frame, help="LLM tokens per frame (>= 4)")
-    ask.add_argument("--topk", type=int, default=d.topk, help="blocks retrieved per layer")
-    ask.add_argument("--n-local", type=int, default=d.n_local, help="ingest sliding window, tokens")
-    ask.add_argument("--positions", default=d.positions, help="'original' or 'compact'")
-    ask.add_argument("--score", default=d.score, help="'dot' or 'cosine'")
+    add_stream_arguments(ask)
     ask.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit, tokens")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ask.set_defaults(handler=run_ask)
@@ -58,8 +48,7 @@ def _retrieval_summary(answer) -> str:
 
 def run_ask(args: argparse.Namespace) -> int:
     engine = load(model=args.model, expert=args.expert, device=args.device)
-    stream = engine.stream(policy=args.policy, fps=args.fps, tokens_per_frame=args.tokens_per_frame,
-                           topk=args.topk, n_local=args.n_local, positions=args.positions, score=args.score)
+    stream = engine.stream(**stream_options(args))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stream.add_video(args.video)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -102,3 +103,28 @@ def check_times(times: object, n: int, last: float | None, fps: float) -> np.nda
         bad = int(np.argmax(arr <= prev))
         raise InputError(f"Frame times must increase: got {arr[bad]:.3f} s after {prev[bad]:.3f} s.")
     return arr
+
+
+# The StreamConfig fields every subcommand exposes as flags (--tokens-per-frame for tokens_per_frame...).
+STREAM_FLAGS = ("policy", "fps", "tokens_per_frame", "topk", "n_local", "positions", "score")
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --model, --device and the memory flags, with the library's defaults, to a subcommand."""
+    d = StreamConfig()  # one source of defaults for the library and the CLI
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (offline random weights, the default), a hub id or a local directory")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument("--policy", default=d.policy, help=f"memory policy: {' or '.join(POLICIES)}")
+    parser.add_argument("--fps", type=float, default=d.fps, help="frames sampled per second of video")
+    parser.add_argument("--tokens-per-frame", type=int, default=d.tokens_per_frame,
+                        help="LLM tokens per frame (>= 4)")
+    parser.add_argument("--topk", type=int, default=d.topk, help="blocks retrieved per layer")
+    parser.add_argument("--n-local", type=int, default=d.n_local, help="ingest sliding window, tokens")
+    parser.add_argument("--positions", default=d.positions, help="'original' or 'compact'")
+    parser.add_argument("--score", default=d.score, help="'dot' or 'cosine'")
+
+
+def stream_options(args: argparse.Namespace) -> dict:
+    """The memory settings parsed by `add_stream_arguments`, as keyword arguments of `Engine.stream`."""
+    return {name: getattr(args, name) for name in STREAM_FLAGS}

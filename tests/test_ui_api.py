@@ -4,33 +4,21 @@ upload, wait for blocks, ask, get an answer and a plot. Also app.py's startup an
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
+from demo_server import start_demo, stop_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = str(ROOT / "assets" / "sample.mp4")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(engine):
-    from memstream.ui import Limits, Settings, build, launch
-
-    demo = build(engine, banner="tiny model", defaults=Settings(tokens_per_frame=16, topk=3, max_new_tokens=8),
-                 limits=Limits(max_sessions=4))
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.sessions.shutdown()
-    demo.close()
+    demo = start_demo(engine, banner="tiny model", max_new_tokens=8)
+    yield demo.url
+    stop_demo(demo)
 
 
 @pytest.fixture(scope="module")

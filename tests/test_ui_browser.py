@@ -7,11 +7,11 @@ Screenshots land in tests/artifacts/ (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
+from demo_server import start_demo, stop_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -23,24 +23,11 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(engine):
-    from memstream.ui import Limits, Settings, build, launch
-
-    demo = build(engine, banner="**Answers come from a tiny random-weight model** (test run).",
-                 defaults=Settings(tokens_per_frame=16, topk=3, max_new_tokens=12), limits=Limits(max_sessions=4))
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    demo.url = f"http://127.0.0.1:{port}/"
+    demo = start_demo(engine, banner="**Answers come from a tiny random-weight model** (test run).", max_new_tokens=12)
     yield demo
-    demo.sessions.shutdown()
-    demo.close()
+    stop_demo(demo)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from ..config import MAX_NEW_TOKENS, StreamConfig
+from ..config import MAX_NEW_TOKENS, StreamConfig, add_stream_arguments, stream_options
 from ..engine import load
 from .annotations import load_annotations
 from .errors import EvalError
@@ -18,7 +18,6 @@ from .runner import MODES, EvalSettings, run_eval
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `eval` parser to the CLI's subcommands (memory flags named as in `ask`)."""
-    d = StreamConfig()
     p = sub.add_parser("eval", help="answer a benchmark's questions (ReKV annotation format) and score them",
                        description="Evaluate on an annotation file: one JSON line per question in --out "
                                    "(rerunning resumes), then accuracy overall and per question_type.")
@@ -28,16 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="results file, JSON lines; an existing one is resumed")
     p.add_argument("--mode", default="auto", choices=MODES,
                    help="auto: streaming for videos whose questions have end_time, offline otherwise")
-    p.add_argument("--model", default="tiny",
-                   help="'tiny' (offline random weights, the default), a hub id or a local directory")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
-    p.add_argument("--policy", default=d.policy, help="memory policy: full or rekv")
-    p.add_argument("--fps", type=float, default=d.fps, help="frames sampled per second of video")
-    p.add_argument("--tokens-per-frame", type=int, default=d.tokens_per_frame, help="LLM tokens per frame (>= 4)")
-    p.add_argument("--topk", type=int, default=d.topk, help="blocks retrieved per layer")
-    p.add_argument("--n-local", type=int, default=d.n_local, help="ingest sliding window, tokens")
-    p.add_argument("--positions", default=d.positions, help="'original' or 'compact'")
-    p.add_argument("--score", default=d.score, help="'dot' or 'cosine'")
+    add_stream_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=64, help="open-ended answer length limit, tokens")
     p.add_argument("--judge", default="match",
                    help="open-ended grading: match (reference contained in the answer), exact, openai, "
@@ -64,9 +54,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if not videos:
         raise EvalError(f"None of the videos of {args.annotations} exist under the video root.")
     judge = make_judge(args.judge, args.judge_url, args.judge_model, args.judge_key_env)
-    settings = EvalSettings(model=args.model, policy=args.policy, fps=args.fps,
-                            tokens_per_frame=args.tokens_per_frame, topk=args.topk, n_local=args.n_local,
-                            positions=args.positions, score=args.score, max_new_tokens=args.max_new_tokens,
+    settings = EvalSettings(model=args.model, **stream_options(args), max_new_tokens=args.max_new_tokens,
                             mode=args.mode)
     StreamConfig(**settings.stream_options()).validate()  # bad flags fail before the model loads
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:

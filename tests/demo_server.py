@@ -1,0 +1,29 @@
+"""The demo served in-process on a free loopback port, for the API and browser tests."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_demo(engine, banner: str, max_new_tokens: int):
+    """Build and launch the page on the tiny test settings; returns the Blocks with `.url` set.
+    Stop it with `stop_demo`."""
+    from memstream.ui import Limits, Settings, build, launch
+
+    demo = build(engine, banner=banner, defaults=Settings(tokens_per_frame=16, topk=3, max_new_tokens=max_new_tokens),
+                 limits=Limits(max_sessions=4))
+    port = free_port()
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.url = f"http://127.0.0.1:{port}/"
+    return demo
+
+
+def stop_demo(demo) -> None:
+    demo.sessions.shutdown()
+    demo.close()
