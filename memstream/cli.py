@@ -25,7 +25,6 @@ def _parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="ingest a video, then answer one question about it")
     ask.add_argument("video", help="path of the video file")
     ask.add_argument("question", help="the question, in quotes")
-    ask.add_argument("--expert", default=None, help="external retrieval expert (none in this version)")
     add_stream_arguments(ask)
     ask.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit, tokens")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,19 +28,24 @@ from . import video
 from .backbone import Backbone, load_backbone
 from .config import StreamConfig, check_question, check_times, is_number
 from .errors import ConfigError, EmptyMemoryError, InputError
-from .memory import KVMemory
+from .memory import NEEDS_EXPERT, build_memory
 from .positions import block_interval
 from .prompt import question_ids, sink_text
 from .reference import reference_answer
-from .trace import Answer, RetrievalTrace
+from .trace import Answer
 
 
 class Engine:
-    """A loaded backbone (and, later, an external expert) that streams are opened on."""
+    """A loaded backbone and, optionally, an external expert (`memstream.experts.Expert`) that
+    streams are opened on. Streams share both; each stream has its own memory."""
 
-    def __init__(self, backbone: Backbone, expert: object = None):
+    def __init__(self, backbone: Backbone, expert: Any = None):
         self.backbone = backbone
         self.expert = expert
+
+    @property
+    def expert_name(self) -> str | None:
+        return None if self.expert is None else self.expert.name
 
     @property
     def device(self) -> torch.device:
@@ -54,6 +60,23 @@ class Engine:
         except TypeError as exc:
             raise ConfigError(f"Unknown stream option: {exc}.") from exc
         return Stream(self, cfg.validate())
+
+    def _expert_for(self, cfg: StreamConfig) -> Any:
+        """The expert a stream with `cfg` uses (None: none), or ConfigError when it cannot have the one it needs."""
+        if cfg.expert is None or cfg.expert == "none":
+            chosen = None
+        elif cfg.expert == "auto":
+            chosen = self.expert
+        elif self.expert is not None and cfg.expert == self.expert.name:
+            chosen = self.expert
+        else:
+            loaded = "no expert" if self.expert is None else f"expert {self.expert.name!r}"
+            raise ConfigError(f"This stream asks for expert {cfg.expert!r} but the engine has {loaded}; "
+                              f"load it with memstream.load(..., expert={cfg.expert!r}).")
+        if chosen is None and cfg.policy in NEEDS_EXPERT:
+            raise ConfigError(f"Policy {cfg.policy!r} ranks blocks with an external expert; load the engine with "
+                              f"expert='clip-b32' (or 'tiny' offline), or pick another policy.")
+        return chosen
 
     def reference_answer(self, frames: np.ndarray, times: list[float] | np.ndarray | None, question: str, *,
                          fps: float = 1.0, tokens_per_frame: int = 256, max_new_tokens: int = 1,
@@ -72,8 +95,10 @@ class Stream:
         self.config = config
         bb = engine.backbone
         self._bb = bb
-        self.memory = KVMemory(bb, config.memory_config(),
-                               block_interval(config.fps, bb.spec.tokens_per_second, bb.spec.temporal_patch))
+        self.expert = engine._expert_for(config)
+        self.memory = build_memory(bb, config.memory_config(),
+                                   block_interval(config.fps, bb.spec.tokens_per_second, bb.spec.temporal_patch),
+                                   expert=self.expert)
         self.memory.ingest_sinks(bb.tokenize(sink_text()))
         self.frame_size: tuple[int, int] | None = None  # (H, W) pixels, fixed by the first frame
         self._pending: list[tuple[np.ndarray, float]] = []  # an odd frame waiting for its partner
@@ -179,13 +204,16 @@ class Stream:
         t0 = time.perf_counter()
         frames = np.stack([f for f, _ in pairs])  # [2k, H, W, 3]
         tokens = self._bb.encode_blocks(frames)  # [k, n, hidden]
+        # the expert sees the same frames, batched here so that nothing of it is left for question time
+        embeds = None if self.expert is None else self.expert.embed_images(frames).view(tokens.shape[0], 2, -1)
         for i in range(tokens.shape[0]):
             times = (pairs[2 * i][1],) if padded else (pairs[2 * i][1], pairs[2 * i + 1][1])
             while self._waiting:  # a question is queued: let it take the lock first
                 time.sleep(0.0005)
             thumb = self._make_thumbnail(pairs[2 * i][0])
             with self._lock:
-                self.memory.ingest_block(tokens[i], times, self.grid)
+                self.memory.ingest_block(tokens[i], times, self.grid,
+                                         frame_embeds=None if embeds is None else embeds[i, : len(times)])
                 self._frames_in_blocks += len(times)
                 if thumb is not None:
                     self._thumbs.append(thumb)
@@ -223,13 +251,14 @@ class Stream:
                                        "(add another frame or call flush()).")
             raise EmptyMemoryError("No video has been ingested yet; add a video or frames before asking.")
         ids, qslice = question_ids(self._bb, q, None if query is None else query.strip(), answer_prefix)
-        gen = self._answer(q, ids, qslice, max_new_tokens)
+        gen = self._answer(q, ids, qslice, max_new_tokens, q if query is None else query.strip())
         if stream:
             return gen
         *_, final = gen  # drain the partial answers; the last one is final
         return final
 
-    def _answer(self, question: str, ids: list[int], qslice: slice, max_new_tokens: int) -> Iterator[Answer]:
+    def _answer(self, question: str, ids: list[int], qslice: slice, max_new_tokens: int,
+                query_text: str) -> Iterator[Answer]:
         with self._waiting_lock:
             self._waiting += 1
         try:
@@ -238,16 +267,17 @@ class Stream:
             with self._waiting_lock:
                 self._waiting -= 1
         try:
-            yield from self._decode(question, ids, qslice, max_new_tokens)
+            yield from self._decode(question, ids, qslice, max_new_tokens, query_text)
         finally:
             self._lock.release()
 
-    def _decode(self, question: str, ids: list[int], qslice: slice, max_new_tokens: int) -> Iterator[Answer]:
-        """ids: the prompt after the video; qslice: its retrieval-query tokens."""
+    def _decode(self, question: str, ids: list[int], qslice: slice, max_new_tokens: int,
+                query_text: str) -> Iterator[Answer]:
+        """ids: the prompt after the video; qslice: its retrieval-query tokens; query_text: their text."""
         bb, mem = self._bb, self.memory
         t0 = time.perf_counter()
         start = mem.question_start()
-        cache = mem.question_cache(qslice)
+        cache = mem.question_cache(qslice, query_text)
         bb.capture = cache.capture
         try:
             logits = bb.decode(bb.embed(ids), torch.arange(start, start + len(ids)).expand(3, -1), cache)
@@ -256,9 +286,7 @@ class Stream:
         first = logits.cpu()
         ttft = time.perf_counter() - t0
         blocks = mem.blocks
-        trace = RetrievalTrace.build(
-            torch.tensor([b.start_s for b in blocks]), torch.stack(cache.record.scores),
-            cache.record.selected, policy=self.config.policy)
+        trace = cache.trace(self.config.policy)
         base = Answer(question=question, text="", token_ids=[], ttft_s=ttft, first_logits=first, trace=trace,
                       asked_at_s=self.seconds(), frames_seen=self._frames_in_blocks, blocks_seen=len(blocks),
                       tokens_seen=sum(b.n_tokens for b in blocks), policy=self.config.policy, done=False)
@@ -275,8 +303,10 @@ class Stream:
                 break
             logits = bb.decode(bb.embed([tok]), torch.full((3, 1), nxt), cache)
             nxt += 1
-        yield replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                      token_ids=generated, done=True, total_s=time.perf_counter() - t0)
+        final = replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
+                        token_ids=generated, done=True, total_s=time.perf_counter() - t0)
+        mem.after_answer(question, final.text)
+        yield final
 
     # ---- reporting ----------------------------------------------------------------------------
     def seconds(self) -> float:
@@ -294,19 +324,18 @@ class Stream:
         """
         mem = self.memory
         on_gpu = self._bb.device.type == "cuda"
-        working = mem.device_bytes()
         blocks = len(mem.blocks)
+        sizes = mem.stats()
+        host, working = sizes.pop("bytes_host"), sizes.pop("bytes_device")
         return {
             "policy": self.config.policy,
+            "expert": self.engine.expert_name if self.expert is not None else None,
             "frames": self._frames_in_blocks + len(self._pending),
             "frames_pending": len(self._pending),
             "blocks": blocks,
             "seconds": self.seconds(),
-            "tokens_stored": sum(b.n_tokens for b in mem.blocks),
-            "tokens_per_block": mem.blocks[0].n_tokens if blocks else None,
-            "sink_tokens": mem.n_sink,
-            "window_tokens": mem.window_tokens(),
-            "bytes_cpu": mem.store.nbytes + (0 if on_gpu else working),
+            **sizes,
+            "bytes_cpu": host + (0 if on_gpu else working),
             "bytes_gpu": working if on_gpu else 0,
             "frame_size": self.frame_size,
             "fps": self.config.fps,
@@ -320,7 +349,11 @@ class Stream:
 def load(model: str | None = "tiny", expert: str | None = None, device: str | None = "auto",
          cache_dir: str | None = None) -> Engine:
     """Load an engine: `model` is "tiny", a hub id or a local directory (None = the default real
-    model for the device: Qwen2.5-VL-7B-Instruct on CUDA, 3B on CPU)."""
-    if expert not in (None, "none"):
-        raise ConfigError(f"External expert {expert!r} is not available in this version; use expert=None.")
-    return Engine(load_backbone(model, device, cache_dir))
+    model for the device: Qwen2.5-VL-7B-Instruct on CUDA, 3B on CPU). `expert`: an external
+    retrieval expert of `memstream.experts.EXPERTS` ("clip-b32", "pe-core-b16", "tiny") or None."""
+    if expert is None or expert == "none":
+        return Engine(load_backbone(model, device, cache_dir))
+    from .experts import load_expert  # open_clip is imported only when an expert is asked for
+
+    backbone = load_backbone(model, device, cache_dir)
+    return Engine(backbone, load_expert(expert, backbone.device))

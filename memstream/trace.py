@@ -51,17 +51,19 @@ class RetrievalTrace:
     selected: list[torch.Tensor]  # L x LongTensor [k_l], block indices each layer attended, time order
     bias: dict[str, float] = field(default_factory=dict)  # {"internal": rho, "fused": rho}
     policy: str = ""
+    kept: torch.Tensor | None = None  # [L, N] long: tokens of each block each layer holds (hermes), else None
 
     @classmethod
     def build(cls, block_times: torch.Tensor, internal: torch.Tensor, selected: list[torch.Tensor],
               external: torch.Tensor | None = None, fused: torch.Tensor | None = None,
-              policy: str = "") -> RetrievalTrace:
+              policy: str = "", kept: torch.Tensor | None = None) -> RetrievalTrace:
         internal = internal.float().cpu()
         agg = minmax(internal, dim=-1).mean(dim=0)
         fused = agg if fused is None else fused.float().cpu()
+        external = None if external is None else external.float().cpu()
         bias = {"internal": spearman(block_times, agg), "fused": spearman(block_times, fused)}
         return cls(block_times.float().cpu(), internal, agg, external, fused,
-                   [s.cpu() for s in selected], bias, policy)
+                   [s.cpu() for s in selected], bias, policy, None if kept is None else kept.long().cpu())
 
     def selection_counts(self) -> torch.Tensor:
         """How many layers retrieved each block: LongTensor [N]."""
@@ -81,6 +83,7 @@ class RetrievalTrace:
             "fused": self.fused.tolist(),
             "selected": [s.tolist() for s in self.selected],
             "bias": self.bias,
+            "kept": None if self.kept is None else self.kept.tolist(),
         }
 
 

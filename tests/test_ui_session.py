@@ -47,7 +47,7 @@ def test_file_ingestion_question_and_record(manager):
     wait_for(lambda: s.status()["state"] == "done")
     st = s.status()
     assert st["blocks"] == 8 and st["frames"] == 16 and st["progress"] == 1.0
-    assert st["compression_ratio"] is None and st["mb_cpu"] > 0 and st["mb_gpu"] == 0
+    assert st["compression_ratio"] == 1.0 and st["mb_cpu"] > 0 and st["mb_gpu"] == 0
     assert "in memory" in s.notice.text
     finals, partials = answer(s)
     assert [p for p, _ in finals] == ["rekv"] and partials >= 2

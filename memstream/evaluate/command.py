@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 from ..config import MAX_NEW_TOKENS, StreamConfig, add_stream_arguments, stream_options
 from ..engine import load
@@ -54,15 +54,17 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if not videos:
         raise EvalError(f"None of the videos of {args.annotations} exist under the video root.")
     judge = make_judge(args.judge, args.judge_url, args.judge_model, args.judge_key_env)
-    settings = EvalSettings(model=args.model, **stream_options(args), max_new_tokens=args.max_new_tokens,
-                            mode=args.mode)
+    opts = stream_options(args)
+    core = {f.name: opts.pop(f.name) for f in fields(EvalSettings) if f.name in opts}
+    settings = EvalSettings(model=args.model, **core, max_new_tokens=args.max_new_tokens, mode=args.mode,
+                            expert=None if args.expert == "none" else args.expert, options=opts)
     StreamConfig(**settings.stream_options()).validate()  # bad flags fail before the model loads
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         raise EvalError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
     for vid in missing:
         print(f"warning: skipped video {vid!r}: its file is missing", file=sys.stderr)
-    run = run_eval(lambda: load(model=args.model, device=args.device), videos, settings, judge, out=args.out,
-                   progress=not args.no_progress)
+    run = run_eval(lambda: load(model=args.model, expert=args.expert, device=args.device), videos, settings, judge,
+                   out=args.out, progress=not args.no_progress)
     summary = {**run.summary, "answered": run.answered, "resumed": run.resumed, "out": args.out,
                "skipped_videos": missing, "warnings": run.warnings, "settings": {**asdict(settings),
                                                                                   "judge": judge.name}}

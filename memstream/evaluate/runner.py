@@ -11,10 +11,11 @@ order, each after the video has been ingested up to its `end_time` and no furthe
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ..engine import Engine, Stream
 from ..errors import EmptyMemoryError, InputError
@@ -42,10 +43,13 @@ class EvalSettings:
     score: str = "dot"
     max_new_tokens: int = 64  # answer length limit of open-ended questions (MC needs one token)
     mode: str = "auto"  # "auto" (streaming when questions have end_time), "offline" or "streaming"
+    expert: str | None = None  # the engine's external expert (as passed to `memstream.load`), or None
+    options: dict = field(default_factory=dict)  # further `Engine.stream` options (aks_keep, hermes, ...)
 
     def stream_options(self) -> dict:
-        return {k: getattr(self, k) for k in ("policy", "fps", "tokens_per_frame", "topk", "n_local",
+        core = {k: getattr(self, k) for k in ("policy", "fps", "tokens_per_frame", "topk", "n_local",
                                               "positions", "score")}
+        return {**core, **self.options}
 
 
 @dataclass
@@ -73,7 +77,8 @@ def run_eval(engine: Engine | Callable[[], Engine], videos: list[VideoItem], set
         settings = replace(settings, model=engine.backbone.name)
     if settings.mode not in MODES:
         raise EvalError(f"Unknown mode {settings.mode!r}; choose one of {', '.join(MODES)}.")
-    settings_dict = {**asdict(settings), "judge": judge.name}  # another judge grades differently
+    # as JSON will read it back (tuples become lists), so that a resumed run compares like with like
+    settings_dict = json.loads(json.dumps({**asdict(settings), "judge": judge.name}, default=str))
     results = ResultsFile(out, settings_dict) if out else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
