@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from memstream.errors import EmptyMemoryError, InputError
-from memstream.ui.session import Limits, SessionLimitError, SessionManager, Settings
+from memstream.ui.manager import SessionManager
+from memstream.ui.state import Limits, SessionLimitError, Settings
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
 FAST = Settings(tokens_per_frame=16, topk=3, fps=2.0, max_new_tokens=4)

@@ -4,13 +4,14 @@
     demo = build(engine, banner="...")     # a gr.Blocks; `launch` adds the page's css
     launch(demo, server_name="0.0.0.0", server_port=7860)
 
-`heatmap.py` is pure (trace -> Plotly figure), `session.py` holds per-browser-session state and the
-ingestion threads, `layout.py` the components and events.
+`heatmap.py` is pure (trace -> Plotly figure), `state.py` the plain settings/answer records,
+`session.py` one browser session (its streams and ingestion thread), `manager.py` all sessions with
+their caps, `layout.py` the components and events.
 """
 
 from __future__ import annotations
 
-from .session import Limits, Settings
+from .state import Limits, Settings
 
 
 def build(engine, **kwargs):

@@ -22,7 +22,9 @@ from memstream.errors import EmptyMemoryError, MemStreamError
 from memstream.memory import POLICIES
 
 from . import heatmap
-from .session import PACES, Limits, Session, SessionLimitError, SessionManager, Settings, fmt_mb
+from .manager import SessionManager
+from .session import Session
+from .state import PACES, Limits, SessionLimitError, Settings, fmt_mb
 
 SAMPLE = str(Path(__file__).resolve().parents[2] / "assets" / "sample.mp4")
 TOKENS_PER_FRAME = [16, 32, 64, 128, 256, 512, 1024]

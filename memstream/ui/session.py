@@ -15,15 +15,12 @@ holds, closes the current streams and starts again; answers already given stay i
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import queue
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,112 +28,9 @@ from memstream import video
 from memstream.config import StreamConfig
 from memstream.errors import EmptyMemoryError, MemStreamError
 
-PACES = {"as fast as possible": None, "real time": 1.0}
+from .state import PACES, Limits, Notice, Record, Result, Settings, Source
 
-
-class SessionLimitError(MemStreamError):
-    """The demo cannot open another session right now."""
-
-
-@dataclass
-class Limits:
-    max_sessions: int = 8  # concurrent browser sessions
-    session_memory_mb: float = 4096.0  # KV memory (CPU + GPU, all streams) per session
-    idle_timeout_s: float = 1800.0  # a session without user action for this long is freed
-    webcam_gap_s: float = 3.0  # no webcam frame for this long: shown as stopped
-    max_thumbnails: int = 12  # retrieved-frame thumbnails kept per answer and policy
-    max_answers: int = 50  # answers (with traces and thumbnails) kept per session
-    webcam_time_limit_s: float = 1800.0  # one webcam streaming run (gradio's time_limit)
-
-
-@dataclass
-class Settings:
-    """What the settings accordion controls; names follow `StreamConfig` where they exist."""
-
-    policy: str = "rekv"
-    fps: float = 2.0
-    tokens_per_frame: int = 256
-    topk: int = 16
-    n_local: int | None = 15000
-    expert: str = "none"
-    fusion_c: float = 60.0
-    fusion_weights: tuple[float, float] = (1.0, 1.0)  # (internal, external)
-    pace: str = "as fast as possible"  # for files; a webcam is always real time
-    compare: str | None = None  # a second policy answering the same questions, or None
-    max_new_tokens: int = 64
-
-    # fields whose change means the memory must be rebuilt
-    MEMORY = ("policy", "fps", "tokens_per_frame", "topk", "n_local", "expert", "fusion_c", "fusion_weights",
-              "compare")
-
-    def policies(self) -> list[str]:
-        return [self.policy] + ([self.compare] if self.compare and self.compare != self.policy else [])
-
-    def stream_options(self) -> dict:
-        """Keyword arguments for `Engine.stream` (minus policy): only fields `StreamConfig` knows,
-        so expert/fusion settings take effect as soon as the library grows them."""
-        known = {f.name for f in dataclasses.fields(StreamConfig)}
-        opts = {"fps": self.fps, "tokens_per_frame": self.tokens_per_frame, "topk": self.topk,
-                "n_local": self.n_local}
-        extra = {"expert": None if self.expert == "none" else self.expert, "fusion_c": self.fusion_c,
-                 "fusion_weights": tuple(self.fusion_weights)}
-        opts.update({k: v for k, v in extra.items() if k in known})
-        return opts
-
-    def changes(self, other: Settings) -> list[str]:
-        """Human-readable list of memory-relevant differences from `other` (the old settings)."""
-        out = []
-        for name in self.MEMORY:
-            old, new = getattr(other, name), getattr(self, name)
-            if old != new:
-                out.append(f"{name} {_show(old)} → {_show(new)}")
-        return out
-
-
-def _show(v) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-@dataclass
-class Source:
-    kind: str  # "file" | "webcam"
-    name: str
-    path: str | None = None
-    duration_s: float | None = None  # None for a webcam
-
-
-@dataclass
-class Result:
-    """One policy's answer to one question, with what the heatmap strip needs."""
-
-    policy: str
-    answer: object  # memstream.Answer (final)
-    thumbnails: list[tuple[np.ndarray, str]] = field(default_factory=list)  # (image, caption), time order
-
-
-@dataclass
-class Record:
-    """One question and its answer(s) (two in compare mode)."""
-
-    question: str
-    results: list[Result]
-    source: str
-
-    def label(self, index: int) -> str:
-        q = self.question if len(self.question) <= 40 else self.question[:39] + "…"
-        at = self.results[0].answer.asked_at_s if self.results else 0.0
-        return f"#{index + 1} · {q} · at {at:.1f} s"
-
-
-@dataclass
-class Notice:
-    text: str = ""
-    level: str = "info"  # "info" | "warning" | "error"
-    at: float = 0.0
+__all__ = ["Session"]
 
 
 class Session:
@@ -490,72 +384,3 @@ class Session:
 
 def _mb(stats: dict) -> float:
     return (stats.get("bytes_cpu", 0) + stats.get("bytes_gpu", 0) + stats.get("bytes_thumbnails", 0)) / 2**20
-
-
-class SessionManager:
-    """All sessions of one demo process, with the caps and the idle reaper."""
-
-    def __init__(self, engine, defaults: Settings | None = None, limits: Limits | None = None):
-        self.engine = engine
-        self.defaults = defaults or Settings()
-        self.limits = limits or Limits()
-        self._sessions: dict[str, Session] = {}
-        self._expired: set[str] = set()
-        self._lock = threading.Lock()
-        self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
-        self._stop = threading.Event()
-        self._reaper.start()
-
-    def get(self, sid: str | None, create: bool = True) -> Session | None:
-        """The session of `sid`; a new one if `create` (raises SessionLimitError when full)."""
-        sid = sid or "anonymous"
-        with self._lock:
-            s = self._sessions.get(sid)
-            if s is not None or not create:
-                return s
-            if len(self._sessions) >= self.limits.max_sessions:
-                raise SessionLimitError(
-                    f"The demo is at its limit of {self.limits.max_sessions} concurrent sessions; please try "
-                    "again in a few minutes (idle sessions are freed automatically).")
-            self._expired.discard(sid)
-            s = Session(sid, self.engine, dataclasses.replace(self.defaults), self.limits)
-            self._sessions[sid] = s
-            return s
-
-    def expired(self, sid: str | None) -> bool:
-        return (sid or "anonymous") in self._expired
-
-    def close(self, sid: str | None, expired: bool = False) -> None:
-        with self._lock:
-            s = self._sessions.pop(sid or "anonymous", None)
-            if expired and s is not None:
-                self._expired.add(sid or "anonymous")
-        if s is not None:
-            s.close()
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def reap(self) -> list[str]:
-        now = time.monotonic()
-        with self._lock:
-            old = [sid for sid, s in self._sessions.items() if now - s.last_active > self.limits.idle_timeout_s]
-        for sid in old:
-            self.close(sid, expired=True)
-        return old
-
-    def _reap_loop(self) -> None:
-        period = max(1.0, min(60.0, self.limits.idle_timeout_s / 4))
-        while not self._stop.wait(period):
-            self.reap()
-
-    def shutdown(self) -> None:
-        self._stop.set()
-        for sid in list(self._sessions):
-            self.close(sid)
-
-
-def fmt_mb(mb: float | None) -> str:
-    if mb is None or (isinstance(mb, float) and math.isnan(mb)):
-        return "—"
-    return f"{mb:.1f} MB" if mb < 1024 else f"{mb / 1024:.2f} GB"
