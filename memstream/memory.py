@@ -31,6 +31,7 @@ import torch
 from .backbone import Backbone
 from .positions import PositionTracker, block_t_offset
 from .retrieval import block_scores, select_blocks
+from .store import BlockStore, RowBuffer
 from .trace import RetrievalTrace
 
 if TYPE_CHECKING:
@@ -114,57 +115,6 @@ class BlockInfo:
     @property
     def start_s(self) -> float:
         return self.times[0]
-
-
-class RowBuffer:
-    """A tensor that grows along dim 0 with capacity doubling: appending is amortised O(1) instead
-    of the O(N) copy of `torch.cat`, which would make per-block ingest cost grow with the stream."""
-
-    def __init__(self):
-        self._data: torch.Tensor | None = None
-        self.rows = 0
-
-    def append(self, rows: torch.Tensor) -> None:
-        n = rows.shape[0]
-        if self._data is None or self.rows + n > self._data.shape[0]:
-            capacity = max(16, 2 * (self.rows + n))
-            grown = rows.new_empty((capacity, *rows.shape[1:]))
-            if self._data is not None:
-                grown[: self.rows] = self._data[: self.rows]
-            self._data = grown
-        self._data[self.rows: self.rows + n] = rows
-        self.rows += n
-
-    @property
-    def view(self) -> torch.Tensor:
-        """The rows so far, [rows, ...] (a view: writes go to the buffer)."""
-        assert self._data is not None, "empty buffer"
-        return self._data[: self.rows]
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self._data is None else self._data.numel() * self._data.element_size()
-
-
-class BlockStore:
-    """Blocks' keys/values in host memory, one tensor [L, 2, Hkv, n, d] per block."""
-
-    def __init__(self, pin: bool):
-        self.pin = pin
-        self.blocks: list[torch.Tensor] = []
-        self.nbytes = 0
-
-    def add(self, kv: torch.Tensor) -> None:
-        host = kv.to("cpu", copy=True)
-        if self.pin:
-            host = host.pin_memory()
-        self.blocks.append(host)
-        self.nbytes += host.numel() * host.element_size()
-
-    def gather(self, ids: list[int], layer: int, device: torch.device) -> torch.Tensor:
-        """Layer `layer` of blocks `ids`, concatenated in that order: [2, Hkv, sum n, d] on device."""
-        # copy block by block: each source is pinned, so the copies are asynchronous on CUDA
-        return torch.cat([self.blocks[i][layer].to(device, non_blocking=self.pin) for i in ids], dim=-2)
 
 
 @dataclass
@@ -311,6 +261,10 @@ class KVMemory:
             wk, wv = wk[..., -n_local:, :], wv[..., -n_local:, :]
         self.window[layer] = (wk, wv)
 
+    def window_share(self, block: BlockInfo) -> int:
+        """Tokens of `block` the sliding window holds while it covers the block (all of them here)."""
+        return block.n_tokens
+
     def rep_keys(self, layer: int) -> torch.Tensor:
         """Representative keys of every block in `layer`: [N, Hkv, d] (a view; writable)."""
         return self.rep[layer].view
@@ -404,7 +358,7 @@ class QuestionCache:
                 if tokens >= mem.window_tokens():
                     break
                 covered.add(b.index)
-                tokens += b.n_tokens
+                tokens += mem.window_share(b)
             chosen = torch.tensor(sorted(set(chosen.tolist()) | covered), dtype=torch.long)
         self.record.selected[layer] = chosen
         ids = chosen.tolist()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from ..config import add_policy_arguments
 from ..memory import POLICIES
 
 T = TypeVar("T")
@@ -91,11 +92,13 @@ def add_common_arguments(p: argparse.ArgumentParser, model_default: str = "tiny"
     p.add_argument("--model", default=model_default,
                    help="'tiny' or 'small' (offline random weights), a hub id or a local directory")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    p.add_argument("--expert", default="none", help="external expert for memstream/external: tiny, clip-b32, ...")
     p.add_argument("--tokens-per-frame", type=int, default=BENCH_TOKENS_PER_FRAME,
                    help="LLM tokens per frame (a block holds up to twice this)")
     p.add_argument("--fps", type=float, default=1.0, help="frames per second of stream time")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_policy_arguments(p)
 
 
 def policy_help() -> str:

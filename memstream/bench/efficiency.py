@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..config import StreamConfig
+from ..config import StreamConfig, policy_options
 from ..engine import Engine, load
 from ..video import frame_size_for_budget
 from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, machine, policy_help, spread, timed
@@ -56,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
         else [d.strip() for d in args.devices.split(",") if d.strip()]
     per_device = []
     for dev in devices:
-        engine = load(model=args.model, device=dev)
+        engine = load(model=args.model, expert=args.expert, device=dev)
         peak = matmul_peak(engine.device, engine.backbone.dtype, args.peak_seconds)
         row = measure_efficiency(engine, args.policy, args.calls, blocks_per_call=args.blocks_per_call,
-                                 warmup=args.warmup, tokens_per_frame=args.tokens_per_frame, fps=args.fps)
+                                 warmup=args.warmup, tokens_per_frame=args.tokens_per_frame, fps=args.fps,
+                                 **policy_options(args))
         row.update(peak_tflops=peak["tflops"], peak_matmul=peak, mfu=row.pop("mfu_local"),
                    mfu_global=row["achieved_tflops"] / peak["tflops"])
         per_device.append(row)
@@ -94,14 +95,14 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) 
 
 
 def measure_efficiency(engine: Engine, policy: str, calls: int, *, blocks_per_call: int = 1, warmup: int = 2,
-                       tokens_per_frame: int, fps: float = 1.0) -> dict[str, Any]:
+                       tokens_per_frame: int, fps: float = 1.0, **stream_options: Any) -> dict[str, Any]:
     """Time `calls` add_frames calls of `blocks_per_call` blocks each (after `warmup` calls), split
     into the vision tower and the rest (decoder forward per block, commits, resize), and count
     their FLOPs. Rates are in TFLOP/s; `mfu*` are medians over calls of (rate / the matmul probe
     timed around the call)."""
     bb = engine.backbone
     config = bb.model.config
-    stream = engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame)
+    stream = engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, **stream_options)
     synthetic = SyntheticVideo()
     mem = stream.memory
     probe = _matmul_probe(engine.device, bb.dtype, PROBE_SIZE.get(engine.device.type, PROBE_SIZE["cpu"]))

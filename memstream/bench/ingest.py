@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..config import policy_options
 from ..engine import Engine, load
 from ..video import frame_size_for_budget, resize_frames
 from .common import (
@@ -45,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
-    engine = load(model=args.model, device=args.device)
-    options = {} if args.n_local is None else {"n_local": args.n_local}
+    engine = load(model=args.model, expert=args.expert, device=args.device)
+    options = policy_options(args) | ({} if args.n_local is None else {"n_local": args.n_local})
     result = measure_ingest(engine, args.policy, args.blocks, tokens_per_frame=args.tokens_per_frame,
                             fps=args.fps, curve_bins=args.curve_bins, **options)
     return emit({"bench": "ingest", **result}, args.json)

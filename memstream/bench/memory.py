@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..config import policy_options
 from ..engine import Engine, load
 from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, synchronize
 
@@ -32,9 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
-    engine = load(model=args.model, device=args.device)
+    engine = load(model=args.model, expert=args.expert, device=args.device)
     lengths = sorted(int(x) for x in args.lengths.split(","))
-    options = {} if args.n_local is None else {"n_local": args.n_local}
+    options = policy_options(args) | ({} if args.n_local is None else {"n_local": args.n_local})
     rows = []
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
         for tpf in [int(x) for x in args.tpf.split(",")]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import policy_options
 from ..engine import Engine, load
 from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, policy_help, spread, timed
 
@@ -44,9 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
-    engine = load(model=args.model, device=args.device)
+    engine = load(model=args.model, expert=args.expert, device=args.device)
+    options = {} if args.policy == OFFLINE else policy_options(args)
     result = measure_ttft(engine, args.policy, args.minutes, fps=args.fps, tokens_per_frame=args.tokens_per_frame,
-                          questions=args.questions)
+                          questions=args.questions, **options)
     return emit({"bench": "ttft", **result}, args.json)
 
 
