@@ -1,10 +1,12 @@
 """The web demo's entry point (a Hugging Face Space runs this file); the page is `memstream.ui`.
 
-    python app.py [--model ID|tiny] [--expert NAME|tiny|none] [--device auto|cpu|cuda]
+    python app.py [--model ID|tiny] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
                   [--server-name 0.0.0.0] [--server-port 7860 (or $PORT)] [--share]
                   [--max-sessions 8] [--session-memory-mb 4096] [--idle-timeout 1800]
 
 $MEMSTREAM_MODEL and $MEMSTREAM_EXPERT give the defaults of --model and --expert (for a Space).
+--expert auto (the default) means clip-b32 with a real model and the offline tiny expert with the
+tiny model, so the heatmap always has its external and fused rows.
 
 If the model cannot be loaded, the demo falls back to the tiny random-weight model and says so in
 a banner on the page.
@@ -33,18 +35,25 @@ def _load(model: str | None, expert: str | None, device: str) -> tuple[memstream
         return memstream.load(model=model, device=device), f"The external expert is off ({exc})"
 
 
+def _expert_for(model: str | None, expert: str | None) -> str | None:
+    if expert in (None, "none"):
+        return None
+    if expert == "auto":
+        return "tiny" if model == "tiny" else "clip-b32"
+    return expert
+
+
 def load_engine(model: str | None, expert: str | None, device: str) -> tuple[memstream.Engine, str]:
     """The engine and the banner to show (empty when everything requested loaded)."""
-    expert = None if expert in (None, "none") else expert
     if model == "tiny":
-        engine, note = _load("tiny", expert, device)
+        engine, note = _load("tiny", _expert_for("tiny", expert), device)
         return engine, " ".join(x for x in (note, TINY_BANNER) if x)
     try:
-        engine, note = _load(model, expert, device)
+        engine, note = _load(model, _expert_for(model, expert), device)
         return engine, note
     except memstream.MemStreamError as exc:
         print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
-        engine, note = _load("tiny", expert, device)
+        engine, note = _load("tiny", _expert_for("tiny", expert), device)
         return engine, " ".join(x for x in (f"The real model could not be loaded ({exc})", note, TINY_BANNER) if x)
 
 
@@ -52,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="memstream web demo")
     ap.add_argument("--model", default=os.environ.get("MEMSTREAM_MODEL") or None,
                     help="hub id, local directory or 'tiny' (default: $MEMSTREAM_MODEL, else the real model)")
-    ap.add_argument("--expert", default=os.environ.get("MEMSTREAM_EXPERT") or "none",
-                    help="external retrieval expert: NAME, 'tiny' or 'none' (default: $MEMSTREAM_EXPERT or none)")
+    ap.add_argument("--expert", default=os.environ.get("MEMSTREAM_EXPERT") or "auto",
+                    help="external retrieval expert: clip-b32, pe-core-b16, tiny, none, or auto (clip-b32; tiny "
+                         "with the tiny model) (default: $MEMSTREAM_EXPERT or auto)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--server-name", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     ap.add_argument("--server-port", type=int, default=int(os.environ.get("PORT", 7860)))
@@ -64,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     engine, banner = load_engine(args.model, args.expert, args.device)
     tiny = TINY_BANNER in banner
-    defaults = Settings(tokens_per_frame=64 if tiny else 256, topk=4 if tiny else 16)
+    defaults = Settings(tokens_per_frame=64 if tiny else 256, topk=4 if tiny else 16,
+                        expert=engine.expert_name or "none", budget=1024 if tiny else 6000)
     limits = Limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,
                     idle_timeout_s=args.idle_timeout)
     demo = build(engine, banner=banner, defaults=defaults, limits=limits)

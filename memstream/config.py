@@ -158,8 +158,8 @@ def check_times(times: object, n: int, last: float | None, fps: float) -> np.nda
 
 
 # The StreamConfig fields every subcommand exposes as flags (--tokens-per-frame for tokens_per_frame...).
-STREAM_FLAGS = ("policy", "fps", "tokens_per_frame", "topk", "n_local", "positions", "score", "aks_keep", "aks_scope",
-                "compress_threshold", "compress_floor", "fusion_c", "fusion_weights")
+STREAM_FLAGS = ("policy", "fps", "tokens_per_frame", "topk", "n_local", "positions", "score")
+POLICY_FLAGS = ("aks_keep", "aks_scope", "compress_threshold", "compress_floor", "fusion_c", "fusion_weights")
 # HermesConfig fields exposed as flags (--budget, --chunk-frames, --hermes-positions)
 HERMES_FLAGS = {"budget": "budget", "chunk_frames": "chunk_frames", "hermes_positions": "positions"}
 
@@ -207,6 +207,12 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-local", type=int, default=d.n_local, help="ingest sliding window, tokens")
     parser.add_argument("--positions", default=d.positions, help="'original' or 'compact'")
     parser.add_argument("--score", default=d.score, help="'dot' or 'cosine'")
+    add_policy_arguments(parser)
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The memstream and hermes flags (also used by the benchmarks, which set the rest themselves)."""
+    d = StreamConfig()
     ms = parser.add_argument_group("memstream policies")
     ms.add_argument("--aks-keep", type=_count_or_fraction_arg, default=d.aks_keep,
                     help="AKS: tokens of each past block the window keeps: a count (64) or a fraction (0.25)")
@@ -226,7 +232,12 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
 
 def stream_options(args: argparse.Namespace) -> dict:
     """The memory settings parsed by `add_stream_arguments`, as keyword arguments of `Engine.stream`."""
-    opts = {name: getattr(args, name) for name in STREAM_FLAGS}
+    return {**{name: getattr(args, name) for name in STREAM_FLAGS}, **policy_options(args)}
+
+
+def policy_options(args: argparse.Namespace) -> dict:
+    """The settings parsed by `add_policy_arguments`, as keyword arguments of `Engine.stream`."""
+    opts = {name: getattr(args, name) for name in POLICY_FLAGS}
     hermes = {field: getattr(args, flag) for flag, field in HERMES_FLAGS.items() if getattr(args, flag) is not None}
     if hermes:
         opts["hermes"] = hermes

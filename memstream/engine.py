@@ -54,12 +54,19 @@ class Engine:
     def stream(self, policy: str = "rekv", fps: float = 1.0, tokens_per_frame: int = 256, topk: int = 16,
                n_local: int | None = 15000, **options) -> Stream:
         """Open an empty stream. `options` are the other `StreamConfig` fields."""
+        return Stream(self, self.stream_config(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame,
+                                               topk=topk, n_local=n_local, **options))
+
+    def stream_config(self, **options) -> StreamConfig:
+        """The validated `StreamConfig` a stream with these options would get on this engine (checks
+        the expert too), without opening it: ConfigError with one sentence otherwise."""
         try:
-            cfg = StreamConfig(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, topk=topk,
-                               n_local=n_local, **options)
+            cfg = StreamConfig(**options)
         except TypeError as exc:
             raise ConfigError(f"Unknown stream option: {exc}.") from exc
-        return Stream(self, cfg.validate())
+        cfg.validate()
+        self._expert_for(cfg)
+        return cfg
 
     def _expert_for(self, cfg: StreamConfig) -> Any:
         """The expert a stream with `cfg` uses (None: none), or ConfigError when it cannot have the one it needs."""

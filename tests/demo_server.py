@@ -12,12 +12,15 @@ def free_port() -> int:
 
 
 def start_demo(engine, banner: str, max_new_tokens: int):
-    """Build and launch the page on the tiny test settings; returns the Blocks with `.url` set.
-    Stop it with `stop_demo`."""
+    """Build and launch the page on the tiny test settings, with the tiny external expert (as
+    `python app.py --model tiny` runs it); returns the Blocks with `.url` set. Stop it with `stop_demo`."""
+    from memstream.engine import Engine
+    from memstream.experts import build_tiny_expert
     from memstream.ui import Limits, Settings, build, launch
 
-    demo = build(engine, banner=banner, defaults=Settings(tokens_per_frame=16, topk=3, max_new_tokens=max_new_tokens),
-                 limits=Limits(max_sessions=4))
+    engine = Engine(engine.backbone, build_tiny_expert())
+    defaults = Settings(tokens_per_frame=16, topk=3, max_new_tokens=max_new_tokens, expert="tiny", budget=256)
+    demo = build(engine, banner=banner, defaults=defaults, limits=Limits(max_sessions=4))
     port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     demo.url = f"http://127.0.0.1:{port}/"

@@ -84,7 +84,7 @@ def test_upload_the_sample_ask_and_see_an_answer_and_a_heatmap(page, tmp_path):
     page.wait_for_function("document.querySelector('#player-pos')?.textContent.includes('player at 3.0 s')",
                            timeout=10000)
     answer = ask(page, "What is moving?", 1)
-    assert "asked at 8.0 s" in answer and "policy rekv" in answer
+    assert "asked at 8.0 s" in answer and "policy memstream" in answer
     page.wait_for_selector("#heatmap .js-plotly-plot", timeout=30000)
     assert "temporal bias" in page.inner_text("#heatmap")
     page.wait_for_selector("#thumbs .thumb-strip img", timeout=10000)
@@ -100,7 +100,7 @@ def test_non_video_upload_shows_a_message_and_the_page_keeps_working(page, tmp_p
     assert "holiday.mp4" in page.inner_text("#notice") and "cannot be used" in page.inner_text("#notice")
     page.screenshot(path=str(ARTIFACTS / "ui_bad_upload.png"), full_page=True)
     assert blocks(page) == 8 and "my clip.mp4" in page.inner_text("#status")  # the memory stays
-    assert "policy rekv" in ask(page, "And now?", 2)
+    assert "policy memstream" in ask(page, "And now?", 2)
     assert page.locator(BOT).count() == 2
 
 
@@ -114,7 +114,7 @@ def test_fake_webcam_streams_frames_and_blocks_grow(page):
     assert "webcam" in page.inner_text("#status")
     page.screenshot(path=str(ARTIFACTS / "ui_webcam.png"), full_page=True)
     answer = ask(page, "What do you see?", 3)
-    assert "policy rekv" in answer and "asked at 8.0 s" not in answer  # it saw the webcam, not the sample
+    assert "policy memstream" in answer and "asked at 8.0 s" not in answer  # it saw the webcam, not the sample
     assert not page.errors, page.errors
 
 

@@ -90,3 +90,15 @@ def test_many_or_one_layer(layers):
     fig = heatmap.figure(tr)
     assert np.asarray(fig.data[2].z).shape == (layers, 40)
     assert fig.layout.height >= 300
+
+
+def test_hermes_kept_counts_fill_the_lower_panel():
+    tr = make_trace(n=6, layers=3)
+    kept = torch.tensor([[0, 0, 2, 4, 8, 8], [1, 0, 0, 3, 6, 8], [8, 8, 8, 8, 8, 8]])
+    tr.kept = kept
+    data = heatmap.figure_data(heatmap.figure(tr))
+    # each layer's counts scaled by its largest count; raw counts in the hover data
+    np.testing.assert_allclose(data["layers"], kept.numpy() / kept.numpy().max(axis=1, keepdims=True))
+    fig = heatmap.figure(tr)
+    np.testing.assert_allclose(np.asarray(fig.data[2].customdata)[..., 0], kept.numpy())
+    assert "holds" in fig.layout.annotations[1].text

@@ -14,7 +14,7 @@ from memstream.ui.manager import SessionManager
 from memstream.ui.state import Limits, SessionLimitError, Settings
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
-FAST = Settings(tokens_per_frame=16, topk=3, fps=2.0, max_new_tokens=4)
+FAST = Settings(policy="rekv", tokens_per_frame=16, topk=3, fps=2.0, max_new_tokens=4)
 
 
 def wait_for(cond, timeout=30.0, step=0.05):
@@ -131,11 +131,14 @@ def test_caps_and_idle_reaper(engine):
         m.shutdown()
 
 
-def test_stream_options_only_pass_fields_the_library_knows():
-    opts = Settings(expert="tiny", fusion_c=30.0).stream_options()
-    from dataclasses import fields
+def test_stream_options_are_valid_library_options(engine):
+    from memstream.errors import ConfigError
 
-    from memstream.config import StreamConfig
-    known = {f.name for f in fields(StreamConfig)}
-    assert set(opts) <= known
-    assert Settings(compare="rekv").policies() == ["rekv"]  # comparing a policy with itself is one answer
+    settings = Settings(expert="none", fusion_c=30.0, budget=128)
+    for policy in ("rekv", "memstream", "hermes"):
+        cfg = engine.stream_config(policy=policy, **settings.stream_options(policy))
+        assert cfg.fusion_c == 30.0 and cfg.expert is None
+    assert engine.stream_config(policy="hermes", **settings.stream_options("hermes")).hermes.budget == 128
+    with pytest.raises(ConfigError, match="external expert"):  # no expert loaded: refused before any ingest
+        engine.stream_config(policy="external", **settings.stream_options("external"))
+    assert Settings(compare="rekv", policy="rekv").policies() == ["rekv"]  # a policy compared with itself: one

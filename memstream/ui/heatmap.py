@@ -5,7 +5,9 @@ Top panel, one row per score (each min-max normalised over the blocks so rows ar
 trace has one) and `fused` (what decided retrieval; drawn only when it differs from `internal`,
 that is when an external expert took part). Above the rows, a marker over every retrieved block,
 sized by how many layers retrieved it. Bottom panel: the internal score of every layer
-(layers x time, each layer normalised), with the blocks that layer retrieved marked.
+(layers x time, each layer normalised), with the blocks that layer retrieved marked; for a memory
+that holds tokens instead of retrieving blocks (hermes: `trace.kept`), the panel shows how many of
+each block's tokens every layer still holds, so the map is what the memory retains over time.
 
 The x axis is each block's start time in seconds. The title carries the temporal bias: Spearman's
 rho between block time and score, for the internal and the fused scores (positive = later blocks
@@ -97,10 +99,12 @@ def figure(trace, title: str | None = None, height: int | None = None) -> go.Fig
     top_px = 36 * (len(rows) + 1)  # + the row of retrieval marks
     layer_px = int(np.clip(28 * n_layers, 70, 420))
     total = height or (top_px + layer_px + 170)
+    kept = getattr(trace, "kept", None)
+    lower_title = ("tokens each layer holds per block (each layer normalised)" if kept is not None
+                   else "internal score per layer (each layer normalised)")
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=70 / total,
                         row_heights=[top_px, layer_px],
-                        subplot_titles=("scores per block (each row normalised)",
-                                        "internal score per layer (each layer normalised)"))
+                        subplot_titles=("scores per block (each row normalised)", lower_title))
 
     # -- top: internal / external / fused
     y_top = list(range(len(rows)))[::-1]  # first row drawn on top
@@ -124,16 +128,22 @@ def figure(trace, title: str | None = None, height: int | None = None) -> go.Fig
                      range=[-0.5, mark_y + 0.6], row=1, col=1)
 
     # -- bottom: layers x time
-    if n:
+    if n and kept is not None:  # tokens held, scaled by each layer's largest count
+        held = _np(kept)
+        zl = held / np.maximum(held.max(axis=1, keepdims=True), 1)
+        custom_l = np.stack([held, internal], axis=-1)
+        hover = "t = %{x:.1f} s<br>layer %{y} holds %{customdata[0]:.0f} tokens<br>score %{customdata[1]:.4g}"
+    elif n:
         zl = np.stack([normalise(row) for row in internal])
         rl = np.stack([ranks(row) for row in internal])
         custom_l = np.stack([internal, rl], axis=-1)
+        hover = ("t = %{x:.1f} s<br>layer %{y}: %{z:.2f} (raw %{customdata[0]:.4g})"
+                 "<br>rank %{customdata[1]:.0f} of " + str(n))
     else:
-        zl, custom_l = np.zeros((n_layers, 0)), None
+        zl, custom_l, hover = np.zeros((n_layers, 0)), None, ""
     fig.add_trace(go.Heatmap(
         x=times, y=list(range(n_layers)), z=zl, customdata=custom_l, coloraxis="coloraxis", name="layers",
-        hovertemplate="t = %{x:.1f} s<br>layer %{y}: %{z:.2f} (raw %{customdata[0]:.4g})"
-                      "<br>rank %{customdata[1]:.0f} of " + str(n) + "<extra></extra>"), row=2, col=1)
+        hovertemplate=hover + "<extra></extra>"), row=2, col=1)
     lx, ly = [], []
     for layer, sel in enumerate(trace.selected):
         idx = _np(sel).astype(np.int64)

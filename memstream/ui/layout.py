@@ -9,6 +9,7 @@ anything else is logged and reported as an internal error while the session keep
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import html
 import io
@@ -19,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from memstream.errors import EmptyMemoryError, MemStreamError
-from memstream.memory import POLICIES
+from memstream.memory import NEEDS_EXPERT, POLICIES
 
 from . import heatmap
 from .manager import SessionManager
@@ -160,7 +161,10 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
     limits = limits or Limits()
     manager = SessionManager(engine, defaults, limits)
     has_expert = getattr(engine, "expert", None) is not None
-    policies = list(POLICIES)
+    # a policy that ranks with the expert cannot run without one: leave it out rather than fail on Apply
+    policies = [p for p in POLICIES if has_expert or p not in NEEDS_EXPERT]
+    if defaults.policy not in policies:
+        defaults = dataclasses.replace(defaults, policy="memstream-internal")
     sample = sample if sample and Path(sample).exists() else None
 
     def session(request: gr.Request | None, create: bool = True) -> Session | None:
@@ -216,7 +220,9 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
                     ask_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-btn")
         with gr.Accordion("Settings", open=False, elem_id="settings"):
             with gr.Row():
-                s_policy = gr.Dropdown(policies, value=defaults.policy, label="policy")
+                s_policy = gr.Dropdown(policies, value=defaults.policy, label="policy",
+                                       info=None if has_expert else "'external' needs an external expert "
+                                                                    "(start with --expert)")
                 s_fps = gr.Slider(0.25, 8, value=defaults.fps, step=0.25, label="fps")
                 s_tpf = gr.Dropdown(sorted(set(TOKENS_PER_FRAME + [defaults.tokens_per_frame])),
                                     value=defaults.tokens_per_frame, label="tokens_per_frame")
@@ -236,6 +242,8 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
                 s_c = gr.Number(value=defaults.fusion_c, label="fusion c (RRF)", visible=has_expert)
                 s_wi = gr.Number(value=defaults.fusion_weights[0], label="weight internal", visible=has_expert)
                 s_we = gr.Number(value=defaults.fusion_weights[1], label="weight external", visible=has_expert)
+                s_budget = gr.Number(value=defaults.budget, precision=0, minimum=1,
+                                     label="budget (hermes: visual tokens per layer)")
             apply_btn = gr.Button("Apply settings", elem_id="apply-btn")
         gr.Markdown("### Retrieval heatmap\nRows: internal (layer average), external and fused scores, each "
                     "normalised; ▼ marks retrieved blocks (larger = more layers). Lower panel: every layer's "
@@ -382,14 +390,14 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
             idx = s.msg_record.get(evt.index if isinstance(evt.index, int) else evt.index[0])
             return gr.update() if idx is None else gr.update(value=idx)
 
-        def on_apply(policy, fps, tpf, topk, n_local, pace, compare, max_new, expert, c, wi, we,
+        def on_apply(policy, fps, tpf, topk, n_local, pace, compare, max_new, expert, c, wi, we, budget,
                      request: gr.Request):
             s = session(request)
             new = Settings(policy=policy, fps=float(fps), tokens_per_frame=int(tpf), topk=int(topk),
                            n_local=int(n_local) if n_local else None, expert=expert or "none",
                            fusion_c=float(c if c is not None else 60), fusion_weights=(float(wi or 0), float(we or 0)),
-                           pace=pace, compare=None if compare in (None, "off") else compare,
-                           max_new_tokens=int(max_new))
+                           budget=int(budget or defaults.budget), pace=pace,
+                           compare=None if compare in (None, "off") else compare, max_new_tokens=int(max_new))
             s.apply_settings(new)
             return render_notice(s), render_status(s.status())
         on_apply.n_out = 2
@@ -423,7 +431,7 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
                     show_progress="hidden")
         chat.select(on_chat_select, outputs=[pick], api_name=False, show_progress="hidden")
         apply_btn.click(guarded(on_apply), inputs=[s_policy, s_fps, s_tpf, s_topk, s_nlocal, s_pace, s_compare,
-                                                    s_maxnew, s_expert, s_c, s_wi, s_we],
+                                                    s_maxnew, s_expert, s_c, s_wi, s_we, s_budget],
                         outputs=[notice, status], api_name="settings", show_progress="hidden")
         status_btn = gr.Button(visible=False)
         status_btn.click(on_status, outputs=[status_json], api_name="status")

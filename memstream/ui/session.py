@@ -25,7 +25,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from memstream import video
-from memstream.config import StreamConfig
 from memstream.errors import EmptyMemoryError, MemStreamError
 
 from .state import PACES, Limits, Notice, Record, Result, Settings, Source
@@ -119,7 +118,7 @@ class Session:
             old = self.settings
             try:  # check every policy's config before touching anything
                 for policy in new.policies():
-                    StreamConfig(policy=policy, **new.stream_options()).validate()
+                    self.engine.stream_config(policy=policy, **new.stream_options(policy))
             except (MemStreamError, TypeError) as exc:
                 self.say(f"Settings not applied: {exc}", "error")
                 return self.notice.text
@@ -147,7 +146,7 @@ class Session:
         """Close the current streams and ingestion, open fresh streams for `source`, start the thread."""
         with self.lock:
             try:
-                streams = [self.engine.stream(policy=p, **self.settings.stream_options())
+                streams = [self.engine.stream(policy=p, **self.settings.stream_options(p))
                            for p in self.settings.policies()]
             except MemStreamError as exc:
                 self.say(f"Could not open the memory: {exc}", "error")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from memstream.config import StreamConfig
 from memstream.errors import MemStreamError
 
 PACES = {"as fast as possible": None, "real time": 1.0}
@@ -33,34 +31,33 @@ class Limits:
 class Settings:
     """What the settings accordion controls; names follow `StreamConfig` where they exist."""
 
-    policy: str = "rekv"
+    policy: str = "memstream"
     fps: float = 2.0
     tokens_per_frame: int = 256
     topk: int = 16
     n_local: int | None = 15000
-    expert: str = "none"
+    expert: str = "none"  # the engine's expert name, or "none"
     fusion_c: float = 60.0
     fusion_weights: tuple[float, float] = (1.0, 1.0)  # (internal, external)
+    budget: int = 6000  # hermes: visual tokens kept per layer
     pace: str = "as fast as possible"  # for files; a webcam is always real time
     compare: str | None = None  # a second policy answering the same questions, or None
     max_new_tokens: int = 64
 
     # fields whose change means the memory must be rebuilt
     MEMORY = ("policy", "fps", "tokens_per_frame", "topk", "n_local", "expert", "fusion_c", "fusion_weights",
-              "compare")
+              "budget", "compare")
 
     def policies(self) -> list[str]:
         return [self.policy] + ([self.compare] if self.compare and self.compare != self.policy else [])
 
-    def stream_options(self) -> dict:
-        """Keyword arguments for `Engine.stream` (minus policy): only fields `StreamConfig` knows,
-        so expert/fusion settings take effect as soon as the library grows them."""
-        known = {f.name for f in dataclasses.fields(StreamConfig)}
+    def stream_options(self, policy: str | None = None) -> dict:
+        """Keyword arguments for `Engine.stream` (minus policy); `policy` picks the options it needs."""
         opts = {"fps": self.fps, "tokens_per_frame": self.tokens_per_frame, "topk": self.topk,
-                "n_local": self.n_local}
-        extra = {"expert": None if self.expert == "none" else self.expert, "fusion_c": self.fusion_c,
-                 "fusion_weights": tuple(self.fusion_weights)}
-        opts.update({k: v for k, v in extra.items() if k in known})
+                "n_local": self.n_local, "expert": None if self.expert == "none" else self.expert,
+                "fusion_c": self.fusion_c, "fusion_weights": tuple(self.fusion_weights)}
+        if policy == "hermes":
+            opts["hermes"] = {"budget": self.budget}
         return opts
 
     def changes(self, other: Settings) -> list[str]:
