@@ -28,7 +28,7 @@ from . import video
 from .backbone import Backbone, load_backbone
 from .config import StreamConfig, check_question, check_times, is_number
 from .errors import ConfigError, EmptyMemoryError, InputError
-from .memory import NEEDS_EXPERT, build_memory
+from .memory import NEEDS_EXPERT, USES_EXPERT, build_memory
 from .positions import block_interval
 from .prompt import question_ids, sink_text
 from .reference import reference_answer
@@ -70,8 +70,8 @@ class Engine:
 
     def _expert_for(self, cfg: StreamConfig) -> Any:
         """The expert a stream with `cfg` uses (None: none), or ConfigError when it cannot have the one it needs."""
-        if cfg.expert is None or cfg.expert == "none":
-            chosen = None
+        if cfg.expert is None or cfg.expert == "none" or cfg.policy not in USES_EXPERT:
+            chosen = None  # a policy that does not rank with an expert does not pay for frame embeddings
         elif cfg.expert == "auto":
             chosen = self.expert
         elif self.expert is not None and cfg.expert == self.expert.name:

@@ -44,24 +44,26 @@ class PolicyInfo:
 
     module: str  # module (in this package) holding the memory class
     cls: str  # the memory class's name
-    needs_expert: bool  # refuses to run without an external expert
+    uses_expert: bool  # ranks blocks with an external expert when the engine has one
+    needs_expert: bool  # refuses to run without one
     summary: str  # one line for help texts and the demo
 
 
 # name -> where its memory lives (imported on first use, so a policy's heavy code loads only when used)
 POLICY_REGISTRY: dict[str, PolicyInfo] = {
-    "full": PolicyInfo("memory", "KVMemory", False, "every block attended: the oracle, short clips only"),
-    "rekv": PolicyInfo("memory", "KVMemory", False, "ReKV: sliding window + per-layer top-k block retrieval"),
-    "memstream": PolicyInfo("memstream_memory", "MemStreamMemory", False,
+    "full": PolicyInfo("memory", "KVMemory", False, False, "every block attended: the oracle, short clips only"),
+    "rekv": PolicyInfo("memory", "KVMemory", False, False, "ReKV: sliding window + per-layer top-k block retrieval"),
+    "memstream": PolicyInfo("memstream_memory", "MemStreamMemory", True, False,
                             "MemStream: AKS + patch compression + internal/external rank fusion"),
-    "memstream-internal": PolicyInfo("memstream_memory", "MemStreamMemory", False,
+    "memstream-internal": PolicyInfo("memstream_memory", "MemStreamMemory", False, False,
                                      "MemStream ablation: AKS + compression, internal ranking only"),
-    "external": PolicyInfo("memstream_memory", "MemStreamMemory", True,
+    "external": PolicyInfo("memstream_memory", "MemStreamMemory", True, True,
                            "ablation: ReKV's dense window, blocks ranked by the external expert only"),
-    "hermes": PolicyInfo("hermes", "HermesMemory", False,
+    "hermes": PolicyInfo("hermes", "HermesMemory", False, False,
                          "HERMES: fixed per-layer token budget, no retrieval at question time"),
 }
 POLICIES = tuple(POLICY_REGISTRY)
+USES_EXPERT = frozenset(name for name, info in POLICY_REGISTRY.items() if info.uses_expert)
 NEEDS_EXPERT = frozenset(name for name, info in POLICY_REGISTRY.items() if info.needs_expert)
 
 

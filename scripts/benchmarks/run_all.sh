@@ -29,11 +29,18 @@ bench ingest --policy full --blocks "$(scale 1000 40)" $T1
 bench ingest --policy rekv --blocks "$(scale 2000 40)" --tokens-per-frame 256 $T1
 # a small window (full by block 14): does anything else grow with the number of blocks?
 bench ingest --policy rekv --blocks "$(scale 2000 40)" --n-local 1500 $T1
+# the other bounded policies, at their defaults (memstream with the offline tiny expert)
+bench ingest --policy memstream --expert tiny --blocks "$(scale 2000 40)" $T1
+bench ingest --policy hermes --blocks "$(scale 2000 40)" $T1
 # 2. time to first token after M minutes (fps 1: 30 blocks per minute)
 for minutes in 1 2 5 10; do
-    for policy in rekv full offline; do
-        bench ttft --policy "$policy" --minutes "$(scale "$minutes" 0.2)" --questions "$(scale 5 2)" $T1
+    for policy in rekv full offline memstream hermes; do
+        bench ttft --policy "$policy" --expert tiny --minutes "$(scale "$minutes" 0.2)" --questions "$(scale 5 2)" $T1
     done
+done
+# 30 minutes: hermes against retrieval (rekv, memstream) and full (offline would take hours)
+for policy in rekv hermes memstream full; do
+    bench ttft --policy "$policy" --expert tiny --minutes "$(scale 30 0.4)" --questions "$(scale 5 2)" $T1
 done
 # 3. efficiency: ingest FLOP/s over the measured matmul peak, small model
 for threads in 2 1; do
@@ -43,5 +50,9 @@ bench efficiency --model small --calls "$(scale 8 1)" --blocks-per-call 1 --warm
 # 4. memory: bytes per block and peak accelerator memory at two lengths
 bench memory --lengths "$(scale 150,300 4,8)" $T1
 bench memory --model small --tpf 64 --lengths "$(scale 3,6 2,3)"
+
+# 5. memstream: compression and AKS against rekv, tokens per frame 64..512 (sample video, interleaved)
+bench compression --blocks "$(scale 32 4)" $T1
+bench compression --blocks "$(scale 32 4)" --n-local 2000 $T1
 
 "$PY" scripts/benchmarks/chart.py "$OUT" "$CHART"

@@ -21,7 +21,9 @@ def ingest_table(rows: list[dict]) -> list[str]:
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, lst = r["first_block_minmax_s"], r["last_block_minmax_s"]
-        out.append(f"| {r['policy']} | {r['tokens_per_block']} | {r['blocks']} "
+        tpb = r["tokens_per_block"]
+        tpb = f"{tpb:.0f}" if isinstance(tpb, float) else tpb
+        out.append(f"| {r['policy']} | {tpb} | {r['blocks']} "
                    f"| {ms(r['first_block_s'])} ({ms(f[0])}-{ms(f[1])}) "
                    f"| {ms(r['last_block_s'])} ({ms(lst[0])}-{ms(lst[1])}) | {r['ratio']:.3f} "
                    f"| {r.get('ratio_normalised', float('nan')):.3f} | {r['window_tokens']} | {r.get('loadavg', '')} |")
@@ -33,19 +35,21 @@ def ttft_table(rows: list[dict]) -> list[str]:
     for r in rows:
         by_minutes.setdefault(r["minutes"], {})[r["policy"]] = r
     policies = sorted({r["policy"] for r in rows}, key=lambda p: (p == "offline", p))
-    head = " | ".join(f"{p}: median ms (min-max)" for p in policies)
-    out = [f"| minutes | blocks | video tokens | {head} | offline / rekv | offline / full |",
-           "|---|---|---|" + "---|" * len(policies) + "---|---|"]
+    head = " | ".join(f"{p}: median ms (min-max) · tokens held" for p in policies)
+    others = [p for p in policies if p != "offline"]
+    ratio_head = " | ".join(f"offline / {p}" for p in others)
+    out = [f"| minutes | blocks | video tokens | {head} | {ratio_head} |",
+           "|---|---|---|" + "---|" * len(policies) + "---|" * len(others)]
     for minutes in sorted(by_minutes):
         cells = by_minutes[minutes]
-        any_row = next(iter(cells.values()))
+        any_row = cells.get("full") or cells.get("offline") or next(iter(cells.values()))
         vals = []
         for p in policies:
             r = cells.get(p)
             lo, hi = r["ttft_minmax_s"] if r else (0, 0)
-            vals.append("" if r is None else f"{ms(r['ttft_s'])} ({ms(lo)}-{ms(hi)})")
+            vals.append("" if r is None else f"{ms(r['ttft_s'])} ({ms(lo)}-{ms(hi)}) · {r['video_tokens']} tok")
         ratios = []
-        for p in ("rekv", "full"):
+        for p in others:
             if "offline" in cells and p in cells:
                 ratios.append(f"{cells['offline']['ttft_s'] / cells[p]['ttft_s']:.0f}x")
             else:
