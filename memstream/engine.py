@@ -296,7 +296,7 @@ class Stream:
         trace = cache.trace(self.config.policy)
         base = Answer(question=question, text="", token_ids=[], ttft_s=ttft, first_logits=first, trace=trace,
                       asked_at_s=self.seconds(), frames_seen=self._frames_in_blocks, blocks_seen=len(blocks),
-                      tokens_seen=sum(b.n_tokens for b in blocks), policy=self.config.policy, done=False)
+                      tokens_seen=mem.stats()["tokens_stored"], policy=self.config.policy, done=False)
         generated: list[int] = []
         nxt = start + len(ids)
         while len(generated) < max_new_tokens:

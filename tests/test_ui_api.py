@@ -3,10 +3,12 @@ upload, wait for blocks, ask, get an answer and a plot. Also app.py's startup an
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from demo_server import start_demo, stop_demo
 
@@ -92,6 +94,23 @@ def test_compare_mode_answers_under_two_policies(client):
     assert json.loads(plot["plot"])["layout"]["title"]["text"].count("rekv") == 1
     assert "full" in json.loads(plot_b["plot"])["layout"]["title"]["text"]
     assert "figcaption" in gallery_b
+
+
+def test_hermes_shows_what_each_layer_holds(client):
+    client.predict("hermes", 2.0, 16, 3, 0, "as fast as possible", "off", 8, "tiny", 60, 1, 1, 24,
+                   api_name="/settings")
+    st = wait_status(client, lambda s: s.get("state") == "done" and s.get("policies") == ["hermes"])
+    assert st["blocks"] == 8 and st["compression_ratio"] > 1  # a 24-token budget per layer over 8 blocks
+    chat, _, notice, pick, plot, *_ = client.predict("What is left?", api_name="/ask")
+    assert "policy hermes" in chat[-1]["content"][0]["text"]
+    fig = json.loads(plot["plot"])
+    assert "holds" in fig["layout"]["annotations"][1]["text"]  # the lower panel: tokens held per layer
+    held = fig["data"][2]["customdata"]  # [layers, blocks, (count, score)], plotly's typed-array JSON
+    if isinstance(held, dict):
+        held = np.frombuffer(base64.b64decode(held["bdata"]), dtype=held["dtype"]).reshape(
+            [int(x) for x in str(held["shape"]).split(",")])
+    counts = np.asarray(held)[..., 0]
+    assert (counts.sum(axis=1) == 24).all()  # every layer holds exactly its budget
 
 
 def test_app_falls_back_to_tiny_with_a_banner(monkeypatch, tiny_cache, tmp_path):

@@ -36,9 +36,13 @@ QUESTIONS = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ttft", help="time to first token after M minutes of stream (or offline)")
-    p.add_argument("--policy", default="rekv", help=policy_help() + f", or '{OFFLINE}' (no memstream)")
+    p.add_argument("--policy", default="rekv",
+                   help=policy_help() + f", or '{OFFLINE}' (no memstream); several, comma separated, are measured "
+                        "in one run with their questions interleaved (one JSON line each)")
     p.add_argument("--minutes", type=float, default=1.0, help="stream length before the questions, minutes")
     p.add_argument("--questions", type=int, default=5, help=f"questions asked (at most {len(QUESTIONS)})")
+    p.add_argument("--topk", type=int, default=None, help="blocks retrieved per layer (retrieval policies)")
+    p.add_argument("--n-local", type=int, default=None, help="ingest sliding window, tokens")
     add_common_arguments(p)
     p.set_defaults(handler=run)
 
@@ -46,10 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     engine = load(model=args.model, expert=args.expert, device=args.device)
-    options = {} if args.policy == OFFLINE else policy_options(args)
-    result = measure_ttft(engine, args.policy, args.minutes, fps=args.fps, tokens_per_frame=args.tokens_per_frame,
-                          questions=args.questions, **options)
-    return emit({"bench": "ttft", **result}, args.json)
+    options = policy_options(args)
+    options.update({k: v for k, v in (("topk", args.topk), ("n_local", args.n_local)) if v is not None})
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    rows = measure_ttft_interleaved(engine, policies, args.minutes, fps=args.fps,
+                                    tokens_per_frame=args.tokens_per_frame, questions=args.questions, **options)
+    for row in rows[:-1]:  # one JSON line per policy; the last line is the last policy's
+        emit({"bench": "ttft", **row, "interleaved": policies}, args.json)
+    return emit({"bench": "ttft", **rows[-1], **({"interleaved": policies} if len(policies) > 1 else {})}, args.json)
 
 
 def stream_frames(minutes: float, fps: float) -> int:
@@ -61,41 +69,55 @@ def measure_ttft(engine: Engine, policy: str, minutes: float, *, fps: float = 1.
                  questions: int = 5, **stream_options: Any) -> dict[str, Any]:
     """Median (and min-max) seconds to the first token over `questions` questions asked after
     `minutes` of stream. Returns policy, minutes, blocks, ttft_s, ttft_minmax_s and more."""
+    return measure_ttft_interleaved(engine, [policy], minutes, fps=fps, tokens_per_frame=tokens_per_frame,
+                                    questions=questions, **stream_options)[0]
+
+
+def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float, *, fps: float = 1.0,
+                             tokens_per_frame: int, questions: int = 5, **stream_options: Any) -> list[dict[str, Any]]:
+    """`measure_ttft` for several policies on the same frames: every stream ingests first, then each
+    question is asked of every policy in turn, so load from other jobs hits all of them alike and
+    their ratios are fair. Options a policy does not take (e.g. hermes settings for rekv) are harmless."""
     n_frames = stream_frames(minutes, fps)
     video = SyntheticVideo()
     asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(max(1, questions))]
     times = np.arange(n_frames) / fps
-    engine_ttft: list[float] = []
-    if policy == OFFLINE:
-        frames = video.frames(0, n_frames)  # a user without memstream keeps the frames themselves
-        wall = []
-        for q in asked:
-            answer, seconds = timed(engine.device, lambda q=q: engine.reference_answer(
-                frames, times, q, fps=fps, tokens_per_frame=tokens_per_frame, max_new_tokens=1))
-            wall.append(seconds)
-            engine_ttft.append(answer.ttft_s)
-        tokens = answer.tokens_seen
-    else:
+    askers = {}
+    for policy in policies:
+        if policy == OFFLINE:
+            frames = video.frames(0, n_frames)  # a user without memstream keeps the frames themselves
+            askers[policy] = (lambda q, frames=frames: engine.reference_answer(
+                frames, times, q, fps=fps, tokens_per_frame=tokens_per_frame, max_new_tokens=1), None)
+            continue
         stream = engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, **stream_options)
         chunk = 2 * stream.config.encode_batch  # as add_video feeds it: a few blocks per vision call
         for start in range(0, n_frames, chunk):
             stream.add_frames(video.frames(start, min(chunk, n_frames - start)), times[start:start + chunk])
-        wall = []
-        for q in asked:
-            answer, seconds = timed(engine.device, lambda q=q: stream.ask(q, max_new_tokens=1))
-            wall.append(seconds)
-            engine_ttft.append(answer.ttft_s)
-        tokens = stream.stats()["tokens_stored"]
-    s = spread(wall)
-    return {
-        "policy": policy,
-        "minutes": minutes,
-        "blocks": n_frames // 2,
-        "ttft_s": s["median"],
-        "ttft_minmax_s": [s["min"], s["max"]],
-        "engine_ttft_s": spread(engine_ttft)["median"],
-        "questions": len(asked),
-        "video_tokens": tokens,
-        "model": engine.backbone.name,
-        "device": str(engine.device),
-    }
+        askers[policy] = (lambda q, stream=stream: stream.ask(q, max_new_tokens=1), stream)
+    wall: dict[str, list[float]] = {p: [] for p in policies}
+    engine_ttft: dict[str, list[float]] = {p: [] for p in policies}
+    tokens: dict[str, int] = {}
+    for q in asked:
+        for policy in policies:
+            answer, seconds = timed(engine.device, lambda q=q, policy=policy: askers[policy][0](q))
+            wall[policy].append(seconds)
+            engine_ttft[policy].append(answer.ttft_s)
+            tokens[policy] = answer.tokens_seen
+    rows = []
+    for policy in policies:
+        s = spread(wall[policy])
+        stream = askers[policy][1]
+        rows.append({
+            "policy": policy,
+            "minutes": minutes,
+            "blocks": n_frames // 2,
+            "ttft_s": s["median"],
+            "ttft_minmax_s": [s["min"], s["max"]],
+            "engine_ttft_s": spread(engine_ttft[policy])["median"],
+            "questions": len(asked),
+            "video_tokens": tokens[policy] if stream is None else stream.stats()["tokens_stored"],
+            "tokens_raw": tokens[policy] if stream is None else stream.stats()["tokens_raw"],
+            "model": engine.backbone.name,
+            "device": str(engine.device),
+        })
+    return rows

@@ -15,11 +15,12 @@ CHART=${CHART:-scripts/benchmarks/chart.png}
 T1="--threads 1"
 scale() { if [[ "${QUICK:-0}" == 1 ]]; then echo "$2"; else echo "$1"; fi; }
 
-bench() {  # run one benchmark, keep its JSON last line, note the machine's load next to it
+bench() {  # run one benchmark, keep its JSON lines (one per policy for ttft), note the machine's load
     echo "+ $PY -m memstream bench $*" >&2
     local load; load=$(cut -d' ' -f1-3 /proc/loadavg)
-    "$PY" -m memstream bench "$@" --json | tail -n 1 | \
-        "$PY" -c 'import json,sys; r=json.loads(sys.stdin.read()); r["loadavg"]=sys.argv[1]; print(json.dumps(r))' "$load" >> "$OUT"
+    "$PY" -m memstream bench "$@" --json | grep '^{' | "$PY" -c 'import json, sys
+for line in sys.stdin:
+    print(json.dumps({**json.loads(line), "loadavg": sys.argv[1]}))' "$load" >> "$OUT"
 }
 
 # 1. ingest: seconds per block, first vs last 10% of the stream
@@ -32,16 +33,16 @@ bench ingest --policy rekv --blocks "$(scale 2000 40)" --n-local 1500 $T1
 # the other bounded policies, at their defaults (memstream with the offline tiny expert)
 bench ingest --policy memstream --expert tiny --blocks "$(scale 2000 40)" $T1
 bench ingest --policy hermes --blocks "$(scale 2000 40)" $T1
-# 2. time to first token after M minutes (fps 1: 30 blocks per minute)
+# 2. time to first token after M minutes (fps 1: 30 blocks per minute); the policies of one command
+#    ingest the same frames and take the questions in turn, so their ratios come from one run
 for minutes in 1 2 5 10; do
-    for policy in rekv full offline memstream hermes; do
-        bench ttft --policy "$policy" --expert tiny --minutes "$(scale "$minutes" 0.2)" --questions "$(scale 5 2)" $T1
-    done
+    bench ttft --policy rekv,full,memstream,hermes,offline --expert tiny --minutes "$(scale "$minutes" 0.2)" \
+        --questions "$(scale 5 2)" $T1
 done
 # 30 minutes: hermes against retrieval (rekv, memstream) and full (offline would take hours)
-for policy in rekv hermes memstream full; do
-    bench ttft --policy "$policy" --expert tiny --minutes "$(scale 30 0.4)" --questions "$(scale 5 2)" $T1
-done
+bench ttft --policy rekv,hermes,memstream,full --expert tiny --minutes "$(scale 30 0.4)" --questions "$(scale 5 2)" $T1
+# hermes with its budget matched to what rekv reads (16 blocks x 108 tokens)
+bench ttft --policy rekv,hermes --budget 1728 --minutes "$(scale 30 0.4)" --questions "$(scale 5 2)" $T1
 # 3. efficiency: ingest FLOP/s over the measured matmul peak, small model
 for threads in 2 1; do
     bench efficiency --model small --calls "$(scale 4 1)" --warmup 1 --threads "$threads"
