@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
+
+from memstream import fusion
 
 COLORSCALE = "Viridis"
 MARK_COLOR = "#e4572e"
@@ -43,12 +46,9 @@ def normalise(x) -> np.ndarray:
 
 
 def ranks(x) -> np.ndarray:
-    """1-based descending ranks (1 = highest score); ties get the better rank of their group."""
-    x = _np(x)
-    order = np.argsort(-x, kind="stable")
-    r = np.empty(len(x), dtype=np.int64)
-    r[order] = np.arange(1, len(x) + 1)
-    return r
+    """1-based descending ranks (1 = highest score), ties sharing the better rank: the ranks rank
+    fusion uses (`memstream.fusion.ranks`), so the hover shows what the fusion saw."""
+    return fusion.ranks(torch.as_tensor(_np(x))).numpy()
 
 
 @dataclass
