@@ -46,6 +46,16 @@ def test_ttft_for_a_policy_and_offline(capsys):
     assert rows["full"]["video_tokens"] == rows["offline"]["video_tokens"]  # same stream, same tokens
 
 
+def test_ttft_of_several_policies_in_one_run(capsys):
+    assert main(["bench", "ttft", "--policy", "rekv,hermes,memstream", "--expert", "tiny", "--budget", "20",
+                 "--minutes", "0.1", "--questions", "2", "--tokens-per-frame", "8", "--json", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    assert [r["policy"] for r in rows] == ["rekv", "hermes", "memstream"]  # one JSON line each, in order
+    assert all(r["interleaved"] == ["rekv", "hermes", "memstream"] and r["questions"] == 2 for r in rows)
+    assert rows[1]["budget"] == 20 and rows[1]["video_tokens"] <= rows[0]["video_tokens"]
+    assert rows[0]["tokens_raw"] == rows[2]["tokens_raw"] == rows[0]["video_tokens"]  # same frames
+
+
 def test_an_unknown_policy_is_one_clear_error(capsys):
     assert main(["bench", "ingest", "--policy", "nope", "--blocks", "2", "--device", "cpu"]) == 2
     assert "Unknown policy 'nope'" in capsys.readouterr().err

@@ -119,5 +119,6 @@ def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float
             "tokens_raw": tokens[policy] if stream is None else stream.stats()["tokens_raw"],
             "model": engine.backbone.name,
             "device": str(engine.device),
+            **({} if stream is None or "budget" not in stream.stats() else {"budget": stream.stats()["budget"]}),
         })
     return rows

@@ -43,13 +43,15 @@ def figure(results: list[dict]) -> go.Figure:
                                  line={"color": COLOURS.get(r["policy"]), "dash": dash}), row=1, col=1)
     ttft: dict[str, list[dict]] = defaultdict(list)
     for r in (r for r in results if r.get("bench") == "ttft"):
-        ttft[r["policy"]].append(r)
+        budget = r.get("budget")
+        ttft[r["policy"] if budget in (None, 6000) else f"{r['policy']} (budget {budget})"].append(r)
     for policy, rows in ttft.items():
         rows.sort(key=lambda r: r["minutes"])
         ys = [r["ttft_s"] * 1000 for r in rows]
         fig.add_trace(go.Scatter(
             x=[r["minutes"] for r in rows], y=ys, mode="lines+markers", name=f"TTFT {policy}",
-            line={"color": COLOURS.get(policy), "dash": "dot" if policy == "offline" else "solid"},
+            line={"color": COLOURS.get(policy.split()[0]),
+                  "dash": "dot" if policy == "offline" or policy not in COLOURS else "solid"},
             error_y={"type": "data", "symmetric": False,
                      "array": [r["ttft_minmax_s"][1] * 1000 - y for r, y in zip(rows, ys)],
                      "arrayminus": [y - r["ttft_minmax_s"][0] * 1000 for r, y in zip(rows, ys)]}), row=1, col=2)

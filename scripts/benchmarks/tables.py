@@ -30,11 +30,17 @@ def ingest_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def label(r: dict) -> str:
+    """The policy, with hermes' budget when it is not the default."""
+    budget = r.get("budget")
+    return r["policy"] if budget in (None, 6000) else f"{r['policy']} (budget {budget})"
+
+
 def ttft_table(rows: list[dict]) -> list[str]:
     by_minutes: dict[float, dict[str, dict]] = {}
     for r in rows:
-        by_minutes.setdefault(r["minutes"], {})[r["policy"]] = r
-    policies = sorted({r["policy"] for r in rows}, key=lambda p: (p == "offline", p))
+        by_minutes.setdefault(r["minutes"], {})[label(r)] = r
+    policies = sorted({label(r) for r in rows}, key=lambda p: (p == "offline", p))
     head = " | ".join(f"{p}: median ms (min-max) · tokens held" for p in policies)
     others = [p for p in policies if p != "offline"]
     ratio_head = " | ".join(f"offline / {p}" for p in others)
@@ -90,11 +96,21 @@ def memory_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def compression_table(rows: list[dict]) -> list[str]:
+    out = []
+    for r in rows:
+        window = r["options"].get("n_local", "15000 (default)")
+        out += [f"{r['model']}, {r['video']} at {r['fps']:g} fps, {r['blocks']} blocks, window {window}, "
+                f"threshold {r['compress_threshold']}, load avg {r.get('loadavg', '')}:", "", r["markdown"], ""]
+    return out
+
+
 def main(argv: list[str]) -> int:
     src = Path(argv[0]) if argv else Path("scripts/benchmarks/results.jsonl")
     results = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     for title, bench, make in (("Ingest", "ingest", ingest_table), ("TTFT", "ttft", ttft_table),
-                               ("Efficiency", "efficiency", efficiency_table), ("Memory", "memory", memory_table)):
+                               ("Efficiency", "efficiency", efficiency_table), ("Memory", "memory", memory_table),
+                               ("Compression", "compression", compression_table)):
         rows = [r for r in results if r.get("bench") == bench]
         if rows:
             print(f"### {title}\n")
