@@ -37,17 +37,20 @@ def label(r: dict) -> str:
 
 
 def ttft_table(rows: list[dict]) -> list[str]:
-    by_minutes: dict[float, dict[str, dict]] = {}
+    # one table line per run: rows of one interleaved command share a line (their ratios are fair)
+    groups: list[dict[str, dict]] = []
     for r in rows:
-        by_minutes.setdefault(r["minutes"], {})[label(r)] = r
+        if not groups or label(r) in groups[-1] or next(iter(groups[-1].values()))["minutes"] != r["minutes"]:
+            groups.append({})
+        groups[-1][label(r)] = r
     policies = sorted({label(r) for r in rows}, key=lambda p: (p == "offline", p))
     head = " | ".join(f"{p}: median ms (min-max) · tokens held" for p in policies)
     others = [p for p in policies if p != "offline"]
     ratio_head = " | ".join(f"offline / {p}" for p in others)
     out = [f"| minutes | blocks | video tokens | {head} | {ratio_head} |",
            "|---|---|---|" + "---|" * len(policies) + "---|" * len(others)]
-    for minutes in sorted(by_minutes):
-        cells = by_minutes[minutes]
+    for cells in sorted(groups, key=lambda g: next(iter(g.values()))["minutes"]):
+        minutes = next(iter(cells.values()))["minutes"]
         any_row = cells.get("full") or cells.get("offline") or next(iter(cells.values()))
         vals = []
         for p in policies:
@@ -100,7 +103,7 @@ def compression_table(rows: list[dict]) -> list[str]:
     out = []
     for r in rows:
         window = r["options"].get("n_local", "15000 (default)")
-        out += [f"{r['model']}, {r['video']} at {r['fps']:g} fps, {r['blocks']} blocks, window {window}, "
+        out += [f"{r['model']}, {Path(r['video']).name} at {r['fps']:g} fps, {r['blocks']} blocks, window {window}, "
                 f"threshold {r['compress_threshold']}, load avg {r.get('loadavg', '')}:", "", r["markdown"], ""]
     return out
 
