@@ -44,7 +44,9 @@ def figure(results: list[dict]) -> go.Figure:
     ttft: dict[str, list[dict]] = defaultdict(list)
     for r in (r for r in results if r.get("bench") == "ttft"):
         budget = r.get("budget")
-        ttft[r["policy"] if budget in (None, 6000) else f"{r['policy']} (budget {budget})"].append(r)
+        name = r["policy"] if budget in (None, 6000) else f"{r['policy']} (budget {budget})"
+        if all(other["minutes"] != r["minutes"] for other in ttft[name]):  # a policy in two runs: the first
+            ttft[name].append(r)
     for policy, rows in ttft.items():
         rows.sort(key=lambda r: r["minutes"])
         ys = [r["ttft_s"] * 1000 for r in rows]
