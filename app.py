@@ -24,15 +24,18 @@ TINY_BANNER = ("**Answers come from a tiny random-weight model**, so they are no
                "and the heatmaps work exactly as with the real model.")
 
 
-def _load(model: str | None, expert: str | None, device: str) -> tuple[memstream.Engine, str]:
-    """Load with the expert; if only the expert fails, load without it and say so."""
+def _add_expert(engine: memstream.Engine, expert: str | None) -> str:
+    """Give the engine its external expert; if that fails, go on without one and say so."""
     if expert is None:
-        return memstream.load(model=model, device=device), ""
+        return ""
+    from memstream.experts import load_expert
+
     try:
-        return memstream.load(model=model, expert=expert, device=device), ""
+        engine.expert = load_expert(expert, engine.device)
+        return ""
     except memstream.MemStreamError as exc:
         print(f"warning: {exc} Continuing without an external expert.", flush=True)
-        return memstream.load(model=model, device=device), f"The external expert is off ({exc})"
+        return f"The external expert is off ({exc})"
 
 
 def _expert_for(model: str | None, expert: str | None) -> str | None:
@@ -45,16 +48,19 @@ def _expert_for(model: str | None, expert: str | None) -> str | None:
 
 def load_engine(model: str | None, expert: str | None, device: str) -> tuple[memstream.Engine, str]:
     """The engine and the banner to show (empty when everything requested loaded)."""
-    if model == "tiny":
-        engine, note = _load("tiny", _expert_for("tiny", expert), device)
-        return engine, " ".join(x for x in (note, TINY_BANNER) if x)
+    notes = []
     try:
-        engine, note = _load(model, _expert_for(model, expert), device)
-        return engine, note
+        engine = memstream.load(model=model, device=device)
     except memstream.MemStreamError as exc:
+        if model == "tiny":
+            raise
         print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
-        engine, note = _load("tiny", _expert_for("tiny", expert), device)
-        return engine, " ".join(x for x in (f"The real model could not be loaded ({exc})", note, TINY_BANNER) if x)
+        notes.append(f"The real model could not be loaded ({exc})")
+        model, engine = "tiny", memstream.load(model="tiny", device=device)
+    notes.append(_add_expert(engine, _expert_for(model, expert)))
+    if model == "tiny":
+        notes.append(TINY_BANNER)
+    return engine, " ".join(n for n in notes if n)
 
 
 def main(argv: list[str] | None = None) -> None:
