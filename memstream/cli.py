@@ -41,8 +41,12 @@ def _retrieval_summary(answer) -> str:
     layers = len(trace.selected)
     picked = [i for i in range(len(counts)) if counts[i] > 0]
     parts = [f"{trace.block_times[i]:.1f}s ({int(counts[i])}/{layers} layers)" for i in picked]
-    return (f"retrieved {len(picked)} of {len(counts)} blocks: " + ", ".join(parts)
-            + f"\ntemporal bias (Spearman rho, score vs time): internal {trace.bias['internal']:+.2f}")
+    verb = "held (tokens of)" if trace.kept is not None else "retrieved"  # hermes holds, it does not retrieve
+    bias = f"internal {trace.bias['internal']:+.2f}"
+    if trace.external is not None:
+        bias += f", fused {trace.bias['fused']:+.2f}"
+    return (f"{verb} {len(picked)} of {len(counts)} blocks: " + ", ".join(parts)
+            + f"\ntemporal bias (Spearman rho, score vs time): {bias}")
 
 
 def run_ask(args: argparse.Namespace) -> int:
