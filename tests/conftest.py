@@ -59,3 +59,22 @@ def engine(tiny_cache):
     import memstream
 
     return memstream.load(model="tiny", device="cpu", cache_dir=str(tiny_cache))
+
+
+@pytest.fixture
+def failing_layer(engine, monkeypatch):
+    """A context manager: inside it, decoder layer 1 raises (a failure in the middle of a forward)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def broken():
+        layer = engine.backbone.lm.layers[1]
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("simulated failure in layer 1")
+
+        with monkeypatch.context() as mp:
+            mp.setattr(layer, "forward", fail)
+            yield
+
+    return broken

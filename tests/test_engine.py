@@ -145,20 +145,12 @@ def test_block_store_round_trip_is_bit_exact(engine):
         assert torch.equal(stored[0], wk[0]) and torch.equal(stored[1], wv[0])
 
 
-def test_failed_ingest_leaves_memory_unchanged(engine, monkeypatch):
+def test_failed_ingest_leaves_memory_unchanged(engine, failing_layer):
     stream = ingest(engine, random_frames(4, 56, 56, seed=6), "rekv", topk=4, n_local=100)
     before = stream.stats()
     reference = stream.ask(Q, max_new_tokens=2)
-    layer = engine.backbone.lm.layers[1]
-    real_forward = layer.forward
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("simulated failure in layer 1")
-
-    monkeypatch.setattr(layer, "forward", broken)
-    with pytest.raises(RuntimeError):
+    with failing_layer(), pytest.raises(RuntimeError):
         stream.add_frames(random_frames(2, 56, 56, seed=7), [10.0, 11.0])
-    monkeypatch.setattr(layer, "forward", real_forward)
     after = stream.stats()
     for key in ("blocks", "tokens_stored", "bytes_cpu", "window_tokens"):
         assert after[key] == before[key]

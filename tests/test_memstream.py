@@ -106,7 +106,7 @@ def test_compression_never_stores_fewer_than_the_floor(engine, floor, per_block)
         assert torch.equal(b.token_index, b.token_index.sort().values)
 
 
-def test_failed_ingest_leaves_memory_and_references_unchanged(engine, monkeypatch):
+def test_failed_ingest_leaves_memory_and_references_unchanged(engine, failing_layer):
     frames = random_frames(6, seed=4)
     stream = ingest(engine, frames[:4], "memstream-internal", topk=2, n_local=40, compress_threshold=0.5)
     mem = stream.memory
@@ -115,16 +115,8 @@ def test_failed_ingest_leaves_memory_and_references_unchanged(engine, monkeypatc
     key_ref = [r.clone() for r in mem.key_ref]
     window = [tuple(t.clone() for t in kv) for kv in mem.window]
     reference = stream.ask(Q, max_new_tokens=2)
-    layer = engine.backbone.lm.layers[1]
-    real_forward = layer.forward
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("simulated failure in layer 1")
-
-    monkeypatch.setattr(layer, "forward", broken)
-    with pytest.raises(RuntimeError):
+    with failing_layer(), pytest.raises(RuntimeError):
         stream.add_frames(frames[4:], [10.0, 11.0])
-    monkeypatch.setattr(layer, "forward", real_forward)
     assert stream.stats() == before and len(mem.kept) == len(mem.blocks)
     assert torch.equal(mem.cell_ref, cell_ref) and all(torch.equal(a, b) for a, b in zip(mem.key_ref, key_ref))
     assert all(torch.equal(a, b) for kv, saved in zip(mem.window, window) for a, b in zip(kv, saved))
