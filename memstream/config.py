@@ -17,6 +17,11 @@ MAX_QUESTION_CHARS = 4000
 MAX_NEW_TOKENS = 4096
 
 
+# The settings a question reads (retrieval), as opposed to what ingestion built: `Stream.set_retrieval`
+# changes these on a stream that already holds video, without re-ingesting.
+RETRIEVAL_FIELDS = ("topk", "score", "chunk_size", "question_window", "fusion_c", "fusion_weights")
+
+
 @dataclass
 class StreamConfig:
     """Everything that shapes a stream's memory. Changing any of it means re-ingesting."""

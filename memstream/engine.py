@@ -26,7 +26,7 @@ import torch
 
 from . import video
 from .backbone import Backbone, load_backbone
-from .config import StreamConfig, check_question, check_times, is_number
+from .config import RETRIEVAL_FIELDS, StreamConfig, check_question, check_times, is_number
 from .errors import ConfigError, EmptyMemoryError, InputError
 from .memory import NEEDS_EXPERT, USES_EXPERT, build_memory
 from .positions import block_interval
@@ -314,6 +314,21 @@ class Stream:
                         token_ids=generated, done=True, total_s=time.perf_counter() - t0)
         mem.after_answer(question, final.text)
         yield final
+
+    def set_retrieval(self, **changes) -> StreamConfig:
+        """Change question-time settings (`config.RETRIEVAL_FIELDS`: topk, score, chunk_size,
+        question_window, fusion_c, fusion_weights) of a stream that already holds video, without
+        re-ingesting: the next question retrieves with them. Returns the new config; a bad value
+        raises ConfigError and changes nothing. Waits for a question in progress to finish."""
+        other = sorted(set(changes) - set(RETRIEVAL_FIELDS))
+        if other:
+            raise ConfigError(f"set_retrieval changes only {', '.join(RETRIEVAL_FIELDS)}; {', '.join(other)} "
+                              "shapes what was ingested, so open a new stream for it.")
+        new = replace(self.config, **changes).validate()
+        with self._lock:
+            self.config = new
+            self.memory.cfg = replace(self.memory.cfg, **{k: getattr(new, k) for k in changes})
+        return new
 
     # ---- reporting ----------------------------------------------------------------------------
     def seconds(self) -> float:

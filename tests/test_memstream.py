@@ -309,3 +309,30 @@ def test_bench_compression_reports_a_row_per_budget(tiny_cache, monkeypatch, cap
         assert row["token_reduction"] == pytest.approx(1 - t["aks+compress"] / t["rekv"])
         assert all(s > 0 for s in row["block_s"].values()) and row["aks_overhead"] > -1
     assert out["markdown"].count("\n") == 3
+
+
+@pytest.mark.parametrize("policy", ["rekv", "memstream"])
+def test_set_retrieval_equals_a_stream_opened_with_those_settings(expert_engine, policy):
+    """topk and the fusion settings are read at question time: changing them on a stream that holds
+    video answers exactly as a fresh stream opened with them would, with nothing re-ingested."""
+    frames = np.random.default_rng(11).integers(0, 256, (16, 56, 84, 3), dtype=np.uint8)
+
+    def opened(**kw):
+        stream = expert_engine.stream(policy=policy, fps=1.0, tokens_per_frame=8, **kw)
+        stream.add_frames(frames)
+        return stream
+
+    stream = opened(topk=6)
+    blocks = stream.stats()["blocks"]
+    changed = {"topk": 2, "fusion_c": 5.0, "fusion_weights": (1.0, 3.0)}
+    assert stream.set_retrieval(**changed).topk == 2
+    twin = opened(**changed)
+    got, want = stream.ask(Q, max_new_tokens=2), twin.ask(Q, max_new_tokens=2)
+    assert torch.allclose(got.first_logits, want.first_logits, atol=1e-6) and got.token_ids == want.token_ids
+    assert [s.tolist() for s in got.trace.selected] == [s.tolist() for s in want.trace.selected]
+    assert all(len(s) == 2 for s in got.trace.selected) and stream.stats()["blocks"] == blocks
+    with pytest.raises(memstream.ConfigError, match="open a new stream"):
+        stream.set_retrieval(tokens_per_frame=64)
+    with pytest.raises(memstream.ConfigError, match="topk"):
+        stream.set_retrieval(topk=0)
+    assert stream.config.topk == 2  # a refused change changes nothing

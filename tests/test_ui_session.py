@@ -84,6 +84,12 @@ def test_settings_change_reingests_and_compare_answers_twice(manager):
     wait_for(lambda: s.status()["state"] == "done")
     s.apply_settings(Settings(**{**FAST.__dict__, "pace": "real time"}))
     assert "unchanged" in s.notice.text and s.status()["blocks"] == 8
+    streams = list(s.streams)
+    s.apply_settings(Settings(**{**FAST.__dict__, "pace": "real time", "topk": 2}))  # read at question time
+    assert "nothing re-ingested" in s.notice.text and "topk 3 → 2" in s.notice.text
+    assert s.streams == streams and s.status()["blocks"] == 8  # the same memory, not rebuilt
+    finals, _ = answer(s)
+    assert all(len(sel) == 2 for sel in finals[0][1].trace.selected)
     s.apply_settings(Settings(**{**FAST.__dict__, "fps": 1.0, "compare": "full"}))
     assert "fps 2 → 1" in s.notice.text and "compare none → full" in s.notice.text
     s.settings.pace = "as fast as possible"

@@ -125,8 +125,14 @@ class Session:
             changes = new.changes(old)
             self.settings = new
             if not changes:
-                msg = "Settings applied; the memory is unchanged" + (
-                    f" (pacing: {new.pace})." if new.pace != old.pace else ".")
+                retrieval = new.changes(old, Settings.RETRIEVAL)
+                for stream in self.streams:  # read at question time: no need to re-ingest
+                    stream.set_retrieval(**new.retrieval_options())
+                if retrieval:
+                    msg = f"Settings applied to the memory as it is ({', '.join(retrieval)}); nothing re-ingested."
+                else:
+                    msg = "Settings applied; the memory is unchanged" + (
+                        f" (pacing: {new.pace})." if new.pace != old.pace else ".")
                 self.say(msg)
                 return msg
             what = ", ".join(changes)

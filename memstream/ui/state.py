@@ -44,9 +44,9 @@ class Settings:
     compare: str | None = None  # a second policy answering the same questions, or None
     max_new_tokens: int = 64
 
-    # fields whose change means the memory must be rebuilt
-    MEMORY = ("policy", "fps", "tokens_per_frame", "topk", "n_local", "expert", "fusion_c", "fusion_weights",
-              "budget", "compare")
+    # fields whose change means the memory must be rebuilt, and those a question reads (Stream.set_retrieval)
+    MEMORY = ("policy", "fps", "tokens_per_frame", "n_local", "expert", "budget", "compare")
+    RETRIEVAL = ("topk", "fusion_c", "fusion_weights")
 
     def policies(self) -> list[str]:
         return [self.policy] + ([self.compare] if self.compare and self.compare != self.policy else [])
@@ -60,10 +60,15 @@ class Settings:
             opts["hermes"] = {"budget": self.budget}
         return opts
 
-    def changes(self, other: Settings) -> list[str]:
-        """Human-readable list of memory-relevant differences from `other` (the old settings)."""
+    def retrieval_options(self) -> dict:
+        """The question-time settings, as keyword arguments of `Stream.set_retrieval`."""
+        return {"topk": self.topk, "fusion_c": self.fusion_c, "fusion_weights": tuple(self.fusion_weights)}
+
+    def changes(self, other: Settings, fields: tuple[str, ...] | None = None) -> list[str]:
+        """Human-readable list of differences from `other` (the old settings) in `fields`
+        (default: those that rebuild the memory)."""
         out = []
-        for name in self.MEMORY:
+        for name in fields or self.MEMORY:
             old, new = getattr(other, name), getattr(self, name)
             if old != new:
                 out.append(f"{name} {_show(old)} → {_show(new)}")
