@@ -51,6 +51,7 @@ bench efficiency --model small --calls "$(scale 8 1)" --blocks-per-call 1 --warm
 # 4. memory: bytes per block and peak accelerator memory at two lengths
 bench memory --lengths "$(scale 150,300 4,8)" $T1
 bench memory --model small --tpf 64 --lengths "$(scale 3,6 2,3)"
+bench memory --policies memstream,hermes --expert tiny --lengths "$(scale 150,300 4,8)" $T1
 
 # 5. memstream: compression and AKS against rekv, tokens per frame 64..512 (sample video, interleaved)
 bench compression --blocks "$(scale 32 4)" $T1

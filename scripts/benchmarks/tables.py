@@ -93,8 +93,9 @@ def memory_table(rows: list[dict]) -> list[str]:
             host = " / ".join(f"{a['bytes_cpu_per_block']:.0f} @{a['blocks']}" for a in at)
             dev = " / ".join(f"{a['bytes_gpu_per_block']:.0f}" for a in at)
             peak = " / ".join("n/a (CPU)" if a["peak_gpu_bytes"] is None else str(a["peak_gpu_bytes"]) for a in at)
-            out.append(f"| {r['model']} | {row['policy']} | {row['tokens_per_frame']} | {row['tokens_per_block']} "
-                       f"| {row['kv_bytes_per_block']} | {host} | {dev} | {row['marginal_cpu_bytes_per_block']:.0f} "
+            tpb, kv = row["tokens_per_block"], row["kv_bytes_per_block"]
+            out.append(f"| {r['model']} | {row['policy']} | {row['tokens_per_frame']} | {tpb:.4g} "
+                       f"| {kv:.0f} | {host} | {dev} | {row['marginal_cpu_bytes_per_block']:.0f} "
                        f"| {peak} |")
     return out
 
