@@ -120,5 +120,6 @@ def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float
             "model": engine.backbone.name,
             "device": str(engine.device),
             **({} if stream is None or "budget" not in stream.stats() else {"budget": stream.stats()["budget"]}),
+            **({} if stream is None or policy in ("full", "hermes") else {"topk": stream.config.topk}),
         })
     return rows

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from tables import label
 
 COLOURS = {"full": "#d62728", "rekv": "#1f77b4", "offline": "#7f7f7f", "memstream": "#2ca02c", "hermes": "#9467bd"}
 
@@ -43,8 +44,7 @@ def figure(results: list[dict]) -> go.Figure:
                                  line={"color": COLOURS.get(r["policy"]), "dash": dash}), row=1, col=1)
     ttft: dict[str, list[dict]] = defaultdict(list)
     for r in (r for r in results if r.get("bench") == "ttft"):
-        budget = r.get("budget")
-        name = r["policy"] if budget in (None, 6000) else f"{r['policy']} (budget {budget})"
+        name = label(r)
         if all(other["minutes"] != r["minutes"] for other in ttft[name]):  # a policy in two runs: the first
             ttft[name].append(r)
     for policy, rows in ttft.items():

@@ -43,6 +43,8 @@ done
 bench ttft --policy rekv,hermes,memstream,full --expert tiny --minutes "$(scale 30 0.4)" --questions "$(scale 5 2)" $T1
 # hermes with its budget matched to what rekv reads (16 blocks x 108 tokens)
 bench ttft --policy rekv,hermes --budget 1728 --minutes "$(scale 30 0.4)" --questions "$(scale 5 2)" $T1
+# ... and rekv at ReKV's reference topk (64 blocks = 6912 tokens, about hermes' default budget)
+bench ttft --policy rekv,hermes --topk 64 --minutes "$(scale 30 0.4)" --questions "$(scale 5 2)" $T1
 # 3. efficiency: ingest FLOP/s over the measured matmul peak, small model
 for threads in 2 1; do
     bench efficiency --model small --calls "$(scale 4 1)" --warmup 1 --threads "$threads"

@@ -31,16 +31,21 @@ def ingest_table(rows: list[dict]) -> list[str]:
 
 
 def label(r: dict) -> str:
-    """The policy, with hermes' budget when it is not the default."""
-    budget = r.get("budget")
-    return r["policy"] if budget in (None, 6000) else f"{r['policy']} (budget {budget})"
+    """The policy, with hermes' budget or a retrieval policy's topk when not the default."""
+    if r.get("budget") not in (None, 6000):
+        return f"{r['policy']} (budget {r['budget']})"
+    if r.get("topk") not in (None, 16):
+        return f"{r['policy']} (topk {r['topk']})"
+    return r["policy"]
 
 
 def ttft_table(rows: list[dict]) -> list[str]:
     # one table line per run: rows of one interleaved command share a line (their ratios are fair)
     groups: list[dict[str, dict]] = []
     for r in rows:
-        if not groups or label(r) in groups[-1] or next(iter(groups[-1].values()))["minutes"] != r["minutes"]:
+        run = r.get("interleaved") or [r["policy"]]
+        if (not groups or r["policy"] == run[0] or label(r) in groups[-1]
+                or next(iter(groups[-1].values()))["minutes"] != r["minutes"]):
             groups.append({})
         groups[-1][label(r)] = r
     policies = sorted({label(r) for r in rows}, key=lambda p: (p == "offline", p))
