@@ -293,8 +293,9 @@ class Stream:
         first = logits.cpu()
         ttft = time.perf_counter() - t0
         blocks = mem.blocks
-        trace = cache.trace(self.config.policy)
-        base = Answer(question=question, text="", token_ids=[], ttft_s=ttft, first_logits=first, trace=trace,
+        # the trace (for display) is built once the answer is complete, so that drawing it never
+        # delays the first streamed token; partial answers carry trace=None
+        base = Answer(question=question, text="", token_ids=[], ttft_s=ttft, first_logits=first, trace=None,
                       asked_at_s=self.seconds(), frames_seen=self._frames_in_blocks, blocks_seen=len(blocks),
                       tokens_seen=mem.stats()["tokens_stored"], policy=self.config.policy, done=False)
         generated: list[int] = []
@@ -311,7 +312,8 @@ class Stream:
             logits = bb.decode(bb.embed([tok]), torch.full((3, 1), nxt), cache)
             nxt += 1
         final = replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                        token_ids=generated, done=True, total_s=time.perf_counter() - t0)
+                        token_ids=generated, done=True, trace=cache.trace(self.config.policy),
+                        total_s=time.perf_counter() - t0)
         mem.after_answer(question, final.text)
         yield final
 

@@ -96,7 +96,7 @@ class Answer:
     token_ids: list[int]  # generated token ids, end-of-turn excluded
     ttft_s: float  # seconds from the call to the first token's logits
     first_logits: torch.Tensor  # [vocab] float32 logits of the first answer token
-    trace: RetrievalTrace | None  # None for the offline reference (nothing is retrieved)
+    trace: RetrievalTrace | None  # on the final answer; None on partial ones and for the offline reference
     asked_at_s: float  # stream time (seconds) covered by memory when asked
     frames_seen: int  # frames in memory when asked
     blocks_seen: int  # blocks in memory when asked

@@ -66,6 +66,9 @@ def test_asking_leaves_memory_unchanged(engine):
     assert parts[-1].done and not any(p.done for p in parts[:-1])
     assert parts[-1].token_ids == a.token_ids and torch.equal(parts[-1].first_logits, a.first_logits)
     assert [len(p.token_ids) for p in parts[:-1]] == list(range(1, len(parts)))  # one token per yield
+    # the trace comes with the final answer only (drawing it never delays the first token), and equals
+    # the non-streamed answer's
+    assert all(p.trace is None for p in parts[:-1]) and parts[-1].trace.to_dict() == a.trace.to_dict()
 
 
 def test_positions_hand_computed(engine, monkeypatch):
