@@ -246,7 +246,7 @@ class KVMemory:
 
     def _commit(self, cache: _IngestCache, info: BlockInfo) -> None:
         for layer, (k, v) in enumerate(cache.new):
-            self._append_window(layer, k, v)
+            self._append_window(layer, k, v, cache.joined[layer])
             rep = cache.keys_free[layer].mean(dim=0, keepdim=True)  # [1, Hkv, d]
             self.rep[layer].append(rep)
         if self.offload:
@@ -254,11 +254,21 @@ class KVMemory:
             self.store.add(torch.stack([torch.cat([k, v]) for k, v in cache.new]))
         self.blocks.append(info)
 
-    def _append_window(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Append keys/values [1, Hkv, n, d] to `layer`'s window and trim it to the last n_local tokens."""
+    def _append_window(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+                       joined: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Append keys/values [1, Hkv, n, d] to `layer`'s window and trim it to the last n_local tokens.
+
+        `joined`: the ingest forward's sinks + window + (k, v), already concatenated for attention;
+        the new window is then a view of it (no second copy of the window per layer and block)."""
         n_local = self.cfg.n_local
         old = self.window[layer]
-        wk, wv = (k, v) if old is None else (torch.cat([old[0], k], -2), torch.cat([old[1], v], -2))
+        if joined is not None:
+            n_sink = self.n_sink
+            wk, wv = joined[0][..., n_sink:, :], joined[1][..., n_sink:, :]
+        elif old is None:
+            wk, wv = k, v
+        else:
+            wk, wv = torch.cat([old[0], k], -2), torch.cat([old[1], v], -2)
         if n_local is not None and wk.shape[-2] > n_local:
             wk, wv = wk[..., -n_local:, :], wv[..., -n_local:, :]
         self.window[layer] = (wk, wv)
@@ -298,6 +308,7 @@ class _IngestCache:
         self.with_context = with_context
         self.new: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
         self.keys_free: list[torch.Tensor | None] = [None] * L  # [S, Hkv, d] pre-RoPE
+        self.joined: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L  # sinks + window + new
 
     def capture(self, kind: str, layer: int, x: torch.Tensor) -> None:
         if kind == "k":
@@ -308,8 +319,9 @@ class _IngestCache:
         if not self.with_context:
             return k, v
         parts = [p for p in (self.mem.sinks[layer], self.mem.window[layer]) if p is not None]
-        ks = torch.cat([p[0] for p in parts] + [k], dim=-2)
+        ks = torch.cat([p[0] for p in parts] + [k], dim=-2)  # [1, Hkv, n_sink + window + S, d]
         vs = torch.cat([p[1] for p in parts] + [v], dim=-2)
+        self.joined[layer] = (ks, vs)  # the next window is a view of it: committing copies nothing
         return ks, vs
 
 
