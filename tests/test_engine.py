@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from queries import mean_question_query
 
 import memstream
 from memstream.memory import BlockStore
@@ -116,19 +117,7 @@ def test_retrieval_finds_a_planted_block_in_every_layer(engine):
 
 
 def first_query(stream, layer: int) -> torch.Tensor:
-    """The question's mean position-free query in `layer`, recorded by a fresh question cache."""
-    mem, bb = stream.memory, stream.engine.backbone
-    from memstream.prompt import question_ids
-
-    ids, qslice = question_ids(bb, Q)
-    cache = mem.question_cache(qslice)
-    bb.capture = cache.capture
-    try:
-        start = mem.question_start()
-        bb.decode(bb.embed(ids), torch.arange(start, start + len(ids)).expand(3, -1), cache)
-    finally:
-        bb.capture = None
-    return cache.record.query[layer]
+    return mean_question_query(stream, layer, Q)
 
 
 def test_block_store_round_trip_is_bit_exact(engine):

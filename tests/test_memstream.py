@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from queries import mean_question_query
 
 import memstream
 from memstream import cli, video
 from memstream.engine import Engine
 from memstream.fusion import rank_fuse, ranks
 from memstream.keyselect import compress_keep, least_similar, resolve_count, token_cosine
-from memstream.prompt import question_ids
 
 Q = "What is there?"
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample.mp4"
@@ -240,17 +240,7 @@ def test_external_without_an_expert_is_refused(engine):
 
 # ---- traces ------------------------------------------------------------------------------------
 def mean_query(stream, layer: int) -> torch.Tensor:
-    """The question's mean position-free query in `layer` [Hq, d], as a fresh question cache records it."""
-    mem, bb = stream.memory, stream.engine.backbone
-    ids, qslice = question_ids(bb, Q)
-    cache = mem.question_cache(qslice, Q)
-    bb.capture = cache.capture
-    try:
-        start = mem.question_start()
-        bb.decode(bb.embed(ids), torch.arange(start, start + len(ids)).expand(3, -1), cache)
-    finally:
-        bb.capture = None
-    return cache.record.query[layer]
+    return mean_question_query(stream, layer, Q)
 
 
 @pytest.mark.parametrize("policy", ["memstream", "memstream-internal", "external"])
