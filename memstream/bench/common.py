@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ..config import add_policy_arguments
+from ..config import add_policy_arguments, policy_options
 from ..memory import POLICIES
 
 T = TypeVar("T")
@@ -96,9 +96,16 @@ def add_common_arguments(p: argparse.ArgumentParser, model_default: str = "tiny"
     p.add_argument("--tokens-per-frame", type=int, default=BENCH_TOKENS_PER_FRAME,
                    help="LLM tokens per frame (a block holds up to twice this)")
     p.add_argument("--fps", type=float, default=1.0, help="frames per second of stream time")
+    p.add_argument("--n-local", type=int, default=None,
+                   help="ingest window in tokens (default: the engine's 15000); small: full from the start")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     add_policy_arguments(p)
+
+
+def stream_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `Engine.stream` options the common flags set: the policy flags and --n-local when given."""
+    return policy_options(args) | ({} if args.n_local is None else {"n_local": args.n_local})
 
 
 def policy_help() -> str:

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import StreamConfig, policy_options
+from ..config import StreamConfig
 from ..engine import Engine, load
 from ..video import sample_frames
-from .common import add_common_arguments, apply_threads, emit, machine, timed
+from .common import add_common_arguments, apply_threads, emit, machine, stream_options, timed
 
 DEFAULT_VIDEO = str(Path(__file__).resolve().parents[2] / "assets" / "sample.mp4")
 VARIANTS = ("rekv", "aks", "aks+compress")
@@ -42,9 +42,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", default="64,128,256,512", help="tokens per frame to measure, comma separated")
     p.add_argument("--blocks", type=int, default=32, help="blocks ingested per stream (2 frames each)")
     p.add_argument("--warmup", type=int, default=2, help="first blocks ingested but not timed")
-    p.add_argument("--n-local", type=int, default=None,
-                   help="ingest window in tokens (default: the engine's 15000); a small one isolates AKS's "
-                        "selection cost, since both windows are then full and equally long")
     add_common_arguments(p)
     p.set_defaults(handler=run, fps=4.0)  # 4 fps: the 8 s sample gives 16 blocks before looping
 
@@ -54,10 +51,8 @@ def run(args: argparse.Namespace) -> int:
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     engine = load(model=args.model, device=args.device)
     frames = [f for f, _ in sample_frames(args.video, args.fps)]
-    options = {k: v for k, v in policy_options(args).items() if k not in ("compress_threshold", "hermes")}
+    options = {k: v for k, v in stream_options(args).items() if k not in ("compress_threshold", "hermes")}
     threshold = args.compress_threshold if args.compress_threshold is not None else StreamConfig().compress_threshold
-    if args.n_local is not None:
-        options["n_local"] = args.n_local
     rows = [measure(engine, frames, b, args.blocks, args.fps, threshold, args.warmup, **options) for b in budgets]
     result = {"bench": "compression", "model": engine.backbone.name, "device": str(engine.device),
               "video": args.video, "fps": args.fps, "blocks": args.blocks, "compress_threshold": threshold,

@@ -24,10 +24,20 @@ from typing import Any
 
 import torch
 
-from ..config import StreamConfig, policy_options
+from ..config import StreamConfig
 from ..engine import Engine, load
 from ..video import frame_size_for_budget
-from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, machine, policy_help, spread, timed
+from .common import (
+    SyntheticVideo,
+    add_common_arguments,
+    apply_threads,
+    emit,
+    machine,
+    policy_help,
+    spread,
+    stream_options,
+    timed,
+)
 from .flops import Flops, ingest_block_flops, matmul_flops, vision_flops
 
 # Square matmul sides tried for the peak: large enough to be compute bound on each kind of device,
@@ -60,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         peak = matmul_peak(engine.device, engine.backbone.dtype, args.peak_seconds)
         row = measure_efficiency(engine, args.policy, args.calls, blocks_per_call=args.blocks_per_call,
                                  warmup=args.warmup, tokens_per_frame=args.tokens_per_frame, fps=args.fps,
-                                 **policy_options(args))
+                                 **stream_options(args))
         row.update(peak_tflops=peak["tflops"], peak_matmul=peak, mfu=row.pop("mfu_local"),
                    mfu_global=row["achieved_tflops"] / peak["tflops"])
         per_device.append(row)

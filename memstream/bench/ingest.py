@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from ..config import policy_options
 from ..engine import Engine, load
 from ..video import frame_size_for_budget, resize_frames
 from .common import (
@@ -30,6 +29,7 @@ from .common import (
     emit,
     policy_help,
     spread,
+    stream_options,
     timed,
 )
 
@@ -38,7 +38,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="seconds per block at the start and at the end of a long stream")
     p.add_argument("--policy", default="rekv", help=policy_help())
     p.add_argument("--blocks", type=int, default=400, help="blocks to ingest (2 frames each)")
-    p.add_argument("--n-local", type=int, default=None, help="ingest window in tokens (default: the engine's)")
     p.add_argument("--curve-bins", type=int, default=20, help="points of the per-block cost curve in the output")
     add_common_arguments(p)
     p.set_defaults(handler=run)
@@ -47,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     engine = load(model=args.model, expert=args.expert, device=args.device)
-    options = policy_options(args) | ({} if args.n_local is None else {"n_local": args.n_local})
+    options = stream_options(args)
     result = measure_ingest(engine, args.policy, args.blocks, tokens_per_frame=args.tokens_per_frame,
                             fps=args.fps, curve_bins=args.curve_bins, **options)
     return emit({"bench": "ingest", **result}, args.json)

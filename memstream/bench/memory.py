@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from ..config import policy_options
 from ..engine import Engine, load
-from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, synchronize
+from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, stream_options, synchronize
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default="full,rekv", help="comma-separated policies")
     p.add_argument("--tpf", default="64,256", help="comma-separated tokens_per_frame values")
     p.add_argument("--lengths", default="150,300", help="two stream lengths in blocks, e.g. 150,300")
-    p.add_argument("--n-local", type=int, default=None, help="ingest window in tokens (default: the engine's)")
     add_common_arguments(p)
     p.set_defaults(handler=run)
 
@@ -35,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     engine = load(model=args.model, expert=args.expert, device=args.device)
     lengths = sorted(int(x) for x in args.lengths.split(","))
-    options = policy_options(args) | ({} if args.n_local is None else {"n_local": args.n_local})
+    options = stream_options(args)
     rows = []
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
         for tpf in [int(x) for x in args.tpf.split(",")]:

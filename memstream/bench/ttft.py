@@ -18,9 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from ..config import policy_options
 from ..engine import Engine, load
-from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, policy_help, spread, timed
+from .common import (
+    SyntheticVideo,
+    add_common_arguments,
+    apply_threads,
+    emit,
+    policy_help,
+    spread,
+    stream_options,
+    timed,
+)
 
 OFFLINE = "offline"
 QUESTIONS = (
@@ -42,7 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=1.0, help="stream length before the questions, minutes")
     p.add_argument("--questions", type=int, default=5, help=f"questions asked (at most {len(QUESTIONS)})")
     p.add_argument("--topk", type=int, default=None, help="blocks retrieved per layer (retrieval policies)")
-    p.add_argument("--n-local", type=int, default=None, help="ingest sliding window, tokens")
     add_common_arguments(p)
     p.set_defaults(handler=run)
 
@@ -50,8 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     engine = load(model=args.model, expert=args.expert, device=args.device)
-    options = policy_options(args)
-    options.update({k: v for k, v in (("topk", args.topk), ("n_local", args.n_local)) if v is not None})
+    options = stream_options(args) | ({} if args.topk is None else {"topk": args.topk})
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     rows = measure_ttft_interleaved(engine, policies, args.minutes, fps=args.fps,
                                     tokens_per_frame=args.tokens_per_frame, questions=args.questions, **options)
