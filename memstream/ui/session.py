@@ -126,9 +126,9 @@ class Session:
             self.settings = new
             if not changes:
                 retrieval = new.changes(old, Settings.RETRIEVAL)
-                for stream in self.streams:  # read at question time: no need to re-ingest
-                    stream.set_retrieval(**new.retrieval_options())
                 if retrieval:
+                    for stream in self.streams:  # read at question time: no need to re-ingest
+                        stream.set_retrieval(**new.retrieval_options())
                     msg = f"Settings applied to the memory as it is ({', '.join(retrieval)}); nothing re-ingested."
                 else:
                     msg = "Settings applied; the memory is unchanged" + (

@@ -53,9 +53,8 @@ class Settings:
 
     def stream_options(self, policy: str | None = None) -> dict:
         """Keyword arguments for `Engine.stream` (minus policy); `policy` picks the options it needs."""
-        opts = {"fps": self.fps, "tokens_per_frame": self.tokens_per_frame, "topk": self.topk,
-                "n_local": self.n_local, "expert": None if self.expert == "none" else self.expert,
-                "fusion_c": self.fusion_c, "fusion_weights": tuple(self.fusion_weights)}
+        opts = {"fps": self.fps, "tokens_per_frame": self.tokens_per_frame, "n_local": self.n_local,
+                "expert": None if self.expert == "none" else self.expert, **self.retrieval_options()}
         if policy == "hermes":
             opts["hermes"] = {"budget": self.budget}
         return opts
