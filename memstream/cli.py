@@ -13,9 +13,9 @@ import sys
 import warnings
 
 from . import bench, evaluate
-from .config import add_stream_arguments, stream_options
 from .engine import load
 from .errors import MemStreamError
+from .options import add_engine_arguments, add_stream_arguments, stream_options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="ingest a video, then answer one question about it")
     ask.add_argument("video", help="path of the video file")
     ask.add_argument("question", help="the question, in quotes")
+    add_engine_arguments(ask)
     add_stream_arguments(ask)
     ask.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit, tokens")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -5,9 +5,9 @@
     stream.add_video("clip.mp4")            # or stream.add_frames(frames_uint8_THWC, times_s)
     answer = stream.ask("What moved?")      # Answer: text, ttft_s, first_logits, trace
 
-Frames are grouped in pairs into blocks (Qwen2.5-VL's temporal patch). An odd frame waits for its
-partner; `flush()` (called by `add_video` at the end of a file) pads it by repeating it, as Qwen's
-processor does. A question sees the complete blocks ingested before it.
+Frames are grouped into blocks of `frames_per_block` (Qwen2.5-VL's temporal patch: 2). An odd frame
+waits for its partner; `flush()` (called by `add_video` at the end of a file) pads it by repeating it,
+as Qwen's processor does. A question sees the complete blocks ingested before it.
 
 Threads: one thread may feed frames while others ask. Ingestion takes the memory lock one block at
 a time and steps aside whenever a question is waiting, so a question is served between two blocks.
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from . import video
-from .backbone import Backbone, load_backbone
-from .config import RETRIEVAL_FIELDS, StreamConfig, check_question, check_times, is_number
+from .backbones import Backbone, load_backbone
+from .checks import check_question, check_times, is_number
+from .config import StreamConfig
 from .errors import ConfigError, EmptyMemoryError, InputError
-from .memory import NEEDS_EXPERT, USES_EXPERT, build_memory
-from .positions import block_interval
-from .prompt import question_ids, sink_text
+from .policies import build_memory, policy_spec
+from .prompt import question_ids, sink_ids
 from .reference import reference_answer
 from .trace import Answer
 
@@ -51,26 +51,22 @@ class Engine:
     def device(self) -> torch.device:
         return self.backbone.device
 
-    def stream(self, policy: str = "rekv", fps: float = 1.0, tokens_per_frame: int = 256, topk: int = 16,
-               n_local: int | None = 15000, **options) -> Stream:
-        """Open an empty stream. `options` are the other `StreamConfig` fields."""
-        return Stream(self, self.stream_config(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame,
-                                               topk=topk, n_local=n_local, **options))
+    def stream(self, config: StreamConfig | None = None, **options: Any) -> Stream:
+        """Open an empty stream: from a `StreamConfig`, and/or flat options (`policy`, `fps`,
+        `tokens_per_frame`, ... and any option of the policy, e.g. `topk=8` or `budget=128`)."""
+        return Stream(self, self.stream_config(config, **options))
 
-    def stream_config(self, **options) -> StreamConfig:
+    def stream_config(self, config: StreamConfig | None = None, **options: Any) -> StreamConfig:
         """The validated `StreamConfig` a stream with these options would get on this engine (checks
         the expert too), without opening it: ConfigError with one sentence otherwise."""
-        try:
-            cfg = StreamConfig(**options)
-        except TypeError as exc:
-            raise ConfigError(f"Unknown stream option: {exc}.") from exc
-        cfg.validate()
-        self._expert_for(cfg)
+        cfg = (config or StreamConfig()).replace(**options) if options else (config or StreamConfig())
+        self.expert_for(cfg)
         return cfg
 
-    def _expert_for(self, cfg: StreamConfig) -> Any:
+    def expert_for(self, cfg: StreamConfig) -> Any:
         """The expert a stream with `cfg` uses (None: none), or ConfigError when it cannot have the one it needs."""
-        if cfg.expert is None or cfg.expert == "none" or cfg.policy not in USES_EXPERT:
+        spec = policy_spec(cfg.policy)
+        if cfg.expert is None or cfg.expert == "none" or not spec.uses_expert:
             chosen = None  # a policy that does not rank with an expert does not pay for frame embeddings
         elif cfg.expert == "auto":
             chosen = self.expert
@@ -80,7 +76,7 @@ class Engine:
             loaded = "no expert" if self.expert is None else f"expert {self.expert.name!r}"
             raise ConfigError(f"This stream asks for expert {cfg.expert!r} but the engine has {loaded}; "
                               f"load it with memstream.load(..., expert={cfg.expert!r}).")
-        if chosen is None and cfg.policy in NEEDS_EXPERT:
+        if chosen is None and spec.needs_expert:
             raise ConfigError(f"Policy {cfg.policy!r} ranks blocks with an external expert; load the engine with "
                               f"expert='clip-b32' (or 'tiny' offline), or pick another policy.")
         return chosen
@@ -102,11 +98,9 @@ class Stream:
         self.config = config
         bb = engine.backbone
         self._bb = bb
-        self.expert = engine._expert_for(config)
-        self.memory = build_memory(bb, config.memory_config(),
-                                   block_interval(config.fps, bb.spec.tokens_per_second, bb.spec.temporal_patch),
-                                   expert=self.expert)
-        self.memory.ingest_sinks(bb.tokenize(sink_text()))
+        self.expert = engine.expert_for(config)
+        self.memory = build_memory(config.policy, bb, config.policy_config, fps=config.fps, expert=self.expert)
+        self.memory.ingest_sinks(sink_ids(bb))
         self.frame_size: tuple[int, int] | None = None  # (H, W) pixels, fixed by the first frame
         self._pending: list[tuple[np.ndarray, float]] = []  # an odd frame waiting for its partner
         self._last_time: float | None = None
@@ -116,8 +110,11 @@ class Stream:
         self._waiting = 0  # questions waiting for the memory lock
         self._waiting_lock = threading.Lock()
         self._ingest_s = 0.0  # seconds spent encoding + ingesting
-        self._thumbs: list[np.ndarray] = []  # per block: uint8 [h, w, 3] of its first frame
+        self._encode_s = 0.0  # of which in the vision tower (and the expert's image encoder)
         self._closed = threading.Event()
+        # Benchmarks set this to a function that waits for the device (torch.cuda.synchronize), so that
+        # the time split between the vision tower and the rest is measured, not just queued.
+        self.sync: Any = None
 
     # ---- input --------------------------------------------------------------------------------
     @property
@@ -148,19 +145,22 @@ class Stream:
             self.frame_size = size  # fixed by the first accepted frames, not by rejected ones
             self._last_time = float(times_arr[-1])
             self._pending.extend(zip(resized, times_arr.tolist()))
-            n_pairs = len(self._pending) // 2
-            batch = self._pending[: 2 * n_pairs]
-            self._pending = self._pending[2 * n_pairs:]
+            per = self._bb.spec.frames_per_block
+            whole = len(self._pending) // per * per
+            batch, self._pending = self._pending[:whole], self._pending[whole:]
             return self._ingest_pairs(batch)
 
     def flush(self) -> int:
-        """Ingest a lone pending frame as a block of itself repeated (end of a video). Returns 0 or 1."""
+        """Ingest pending frames as one block, the last repeated to fill it (end of a video): 0 or 1 blocks.
+
+        The padded block lists the times of its real frames only (one, for Qwen2.5-VL's 2-frame blocks)."""
         with self._input_lock:
             if not self._pending:
                 return 0
-            frame, t = self._pending.pop()
-            added = self._ingest_pairs([(frame, t), (frame, t)], padded=True)
-            return added
+            per = self._bb.spec.frames_per_block
+            pending, self._pending = self._pending, []
+            filled = pending + [pending[-1]] * (per - len(pending))
+            return self._ingest_pairs(filled, real=len(pending))
 
     def add_video(self, path: str, max_seconds: float | None = None, pace: float | None = None) -> int:
         """Sample a video file at the stream's fps and ingest it; returns blocks added.
@@ -201,38 +201,33 @@ class Stream:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    def thumbnail(self, block: int) -> np.ndarray | None:
-        """The first frame of block `block`, uint8 [thumbnail_height, w, 3], or None if not kept."""
-        return self._thumbs[block] if 0 <= block < len(self._thumbs) else None
-
-    def _ingest_pairs(self, pairs: list[tuple[np.ndarray, float]], padded: bool = False) -> int:
+    def _ingest_pairs(self, pairs: list[tuple[np.ndarray, float]], real: int | None = None) -> int:
+        """Encode and ingest whole blocks of (frame, time) pairs; `real`: frames of a padded block that are
+        real (its times list only those)."""
         if not pairs:
             return 0
         t0 = time.perf_counter()
-        frames = np.stack([f for f, _ in pairs])  # [2k, H, W, 3]
+        per = self._bb.spec.frames_per_block
+        frames = np.stack([f for f, _ in pairs])  # [per * k, H, W, 3]
         tokens = self._bb.encode_blocks(frames)  # [k, n, hidden]
         # the expert sees the same frames, batched here so that nothing of it is left for question time
-        embeds = None if self.expert is None else self.expert.embed_images(frames).view(tokens.shape[0], 2, -1)
+        embeds = None if self.expert is None else self.expert.embed_images(frames).view(tokens.shape[0], per, -1)
+        if self.sync is not None:
+            self.sync()
+        encoded = time.perf_counter() - t0
         for i in range(tokens.shape[0]):
-            times = (pairs[2 * i][1],) if padded else (pairs[2 * i][1], pairs[2 * i + 1][1])
+            times = tuple(t for _, t in pairs[per * i: per * i + (real or per)])
             while self._waiting:  # a question is queued: let it take the lock first
                 time.sleep(0.0005)
-            thumb = self._make_thumbnail(pairs[2 * i][0])
             with self._lock:
                 self.memory.ingest_block(tokens[i], times, self.grid,
                                          frame_embeds=None if embeds is None else embeds[i, : len(times)])
                 self._frames_in_blocks += len(times)
-                if thumb is not None:
-                    self._thumbs.append(thumb)
+        if self.sync is not None:
+            self.sync()
         self._ingest_s += time.perf_counter() - t0
+        self._encode_s += encoded  # counted with the blocks: a failed ingest leaves the stats as they were
         return tokens.shape[0]
-
-    def _make_thumbnail(self, frame: np.ndarray) -> np.ndarray | None:
-        h = self.config.thumbnail_height
-        if h is None:
-            return None
-        w = max(1, round(frame.shape[1] * h / frame.shape[0]))
-        return video.resize_frames(frame, (h, w))[0]
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, question: str, max_new_tokens: int = 64, stream: bool = False, *, query: str | None = None,
@@ -254,8 +249,10 @@ class Stream:
             raise InputError(f"answer_prefix must be text, got {type(answer_prefix).__name__}.")
         if not self.memory.blocks:
             if self._pending:
-                raise EmptyMemoryError("Only one frame has arrived; a question needs a block of two frames "
-                                       "(add another frame or call flush()).")
+                n = len(self._pending)
+                arrived = "one frame has" if n == 1 else f"{n} frames have"
+                raise EmptyMemoryError(f"Only {arrived} arrived; a question needs a block of "
+                                       f"{self._bb.spec.frames_per_block} frames (add frames or call flush()).")
             raise EmptyMemoryError("No video has been ingested yet; add a video or frames before asking.")
         ids, qslice = question_ids(self._bb, q, None if query is None else query.strip(), answer_prefix)
         gen = self._answer(q, ids, qslice, max_new_tokens, q if query is None else query.strip())
@@ -285,11 +282,7 @@ class Stream:
         t0 = time.perf_counter()
         start = mem.question_start()
         cache = mem.question_cache(qslice, query_text)
-        bb.capture = cache.capture
-        try:
-            logits = bb.decode(bb.embed(ids), torch.arange(start, start + len(ids)).expand(3, -1), cache)
-        finally:
-            bb.capture = None
+        logits = bb.decode(bb.embed(ids), mem.positions.text_at(start, len(ids)), cache)
         first = logits.cpu()
         ttft = time.perf_counter() - t0
         blocks = mem.blocks
@@ -309,27 +302,29 @@ class Stream:
                           token_ids=list(generated), total_s=time.perf_counter() - t0)
             if len(generated) == max_new_tokens:
                 break
-            logits = bb.decode(bb.embed([tok]), torch.full((3, 1), nxt), cache)
+            logits = bb.decode(bb.embed([tok]), mem.positions.text_at(nxt, 1), cache)
             nxt += 1
         final = replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                        token_ids=generated, done=True, trace=cache.trace(self.config.policy),
+                        token_ids=generated, done=True, trace=cache.trace(),
                         total_s=time.perf_counter() - t0)
         mem.after_answer(question, final.text)
         yield final
 
-    def set_retrieval(self, **changes) -> StreamConfig:
-        """Change question-time settings (`config.RETRIEVAL_FIELDS`: topk, score, chunk_size,
-        question_window, fusion_c, fusion_weights) of a stream that already holds video, without
-        re-ingesting: the next question retrieves with them. Returns the new config; a bad value
-        raises ConfigError and changes nothing. Waits for a question in progress to finish."""
-        other = sorted(set(changes) - set(RETRIEVAL_FIELDS))
+    def set_retrieval(self, **changes: Any) -> StreamConfig:
+        """Change question-time settings of a stream that already holds video, without re-ingesting: the
+        policy's `QUESTION_TIME` fields (rekv: topk, score, chunk_size, question_window; memstream also
+        fusion_c, fusion_weights). The next question retrieves with them. Returns the new config; a bad
+        value raises ConfigError and changes nothing. Waits for a question in progress to finish."""
+        allowed = self.config.question_time()
+        other = sorted(set(changes) - set(allowed))
         if other:
-            raise ConfigError(f"set_retrieval changes only {', '.join(RETRIEVAL_FIELDS)}; {', '.join(other)} "
-                              "shapes what was ingested, so open a new stream for it.")
-        new = replace(self.config, **changes).validate()
+            what = ", ".join(allowed) if allowed else "nothing"
+            raise ConfigError(f"set_retrieval changes only {what} under policy {self.config.policy!r}; "
+                              f"{', '.join(other)} shapes what was ingested, so open a new stream for it.")
+        new = self.config.replace(**changes)
         with self._lock:
             self.config = new
-            self.memory.cfg = replace(self.memory.cfg, **{k: getattr(new, k) for k in changes})
+            self.memory.retune(new.policy_config)
         return new
 
     # ---- reporting ----------------------------------------------------------------------------
@@ -344,7 +339,8 @@ class Stream:
 
         frames: frames received (in blocks or pending); blocks; tokens_stored: visual tokens held;
         bytes_cpu / bytes_gpu: bytes of keys/values (and representative keys) in host memory and
-        on the accelerator (on a CPU-only run everything is host memory).
+        on the accelerator (on a CPU-only run everything is host memory); ingest_s: seconds spent
+        ingesting, encode_s of them in the vision tower and the expert's image encoder.
         """
         mem = self.memory
         on_gpu = self._bb.device.type == "cuda"
@@ -364,8 +360,8 @@ class Stream:
             "frame_size": self.frame_size,
             "fps": self.config.fps,
             "ingest_s": self._ingest_s,
+            "encode_s": self._encode_s,
             "blocks_per_s": blocks / self._ingest_s if self._ingest_s > 0 else None,
-            "bytes_thumbnails": sum(t.nbytes for t in self._thumbs),
             "device": str(self._bb.device),
         }
 

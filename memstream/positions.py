@@ -92,6 +92,10 @@ class PositionTracker:
         self.blocks += 1
         return pos, t_off
 
+    def text_at(self, start: int, n: int) -> torch.Tensor:
+        """Positions of `n` text tokens from `start` on (a question, an answer step): [3, n]."""
+        return text_positions(start, n)
+
     def compact_question_start(self, n_blocks: int, gh: int, gw: int) -> int:
         """Where the question starts when `n_blocks` retrieved blocks sit in slots 0..n_blocks-1."""
         assert self.video_start is not None

@@ -1,21 +1,18 @@
-"""The chat prompt around the video, as Qwen2.5-VL's chat template lays it out.
+"""The token ids around the video, from the backbone's chat template (`Backbone.chat`).
 
-    <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>
-    [visual tokens of every block]
-    <|vision_end|>QUESTION<|im_end|>\n<|im_start|>assistant\n
+    {chat.sink} [visual tokens of every block] {chat.after_video} QUESTION {chat.assistant_turn} [prefix]
 
 Everything before the video is the memory's sink; everything after it is the question.
 """
 
 from __future__ import annotations
 
-from .backbone import Backbone
-
-SYSTEM_PROMPT = "You are a helpful assistant."
+from .backbones import Backbone
 
 
-def sink_text() -> str:
-    return f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+def sink_ids(bb: Backbone) -> list[int]:
+    """Token ids of everything before the first visual token (the memory's sinks)."""
+    return bb.tokenize(bb.chat.sink)
 
 
 def question_ids(bb: Backbone, question: str, query: str | None = None,
@@ -33,10 +30,10 @@ def question_ids(bb: Backbone, question: str, query: str | None = None,
     at = question.find(query) if query else -1
     if at < 0:
         raise ValueError("the retrieval query must be a non-empty part of the question")
-    head = bb.tokenize("<|vision_end|>") + (bb.tokenize(question[:at]) if at else [])
+    head = bb.tokenize(bb.chat.after_video) + (bb.tokenize(question[:at]) if at else [])
     body = bb.tokenize(query)
     rest = question[at + len(query):]
-    tail = (bb.tokenize(rest) if rest else []) + bb.tokenize("<|im_end|>\n<|im_start|>assistant\n")
+    tail = (bb.tokenize(rest) if rest else []) + bb.tokenize(bb.chat.assistant_turn)
     if answer_prefix:
         tail += bb.tokenize(answer_prefix)
     return head + body + tail, slice(len(head), len(head) + len(body))

@@ -1,9 +1,10 @@
 """The oracle: what a user without memstream would run, one standard forward over everything.
 
-The stock `Qwen2_5_VLForConditionalGeneration.forward` encodes all sampled frames at once with
-the vision tower, scatters them into `<|video_pad|>` placeholders, and runs the decoder with its
-own KV cache. Prompt and positions follow the same rules as a stream, so under policy `full` a
-stream's first logits must equal these (tests/test_engine.py).
+The stock model class's forward (`Backbone.stock_forward`; for Qwen2.5-VL
+`Qwen2_5_VLForConditionalGeneration.forward`) encodes all sampled frames at once with the vision
+tower, scatters them into its video placeholders, and runs the decoder with its own KV cache.
+Prompt and positions follow the same rules as a stream, so under policy `full` a stream's first
+logits must equal these (tests/test_engine.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import numpy as np
 import torch
 
 from . import video
-from .backbone import Backbone
-from .config import StreamConfig, check_question, check_times
-from .positions import PositionTracker, block_interval
-from .prompt import question_ids, sink_text
+from .backbones import Backbone
+from .checks import check_question, check_times
+from .config import StreamConfig
+from .prompt import question_ids, sink_ids
 from .trace import Answer
 
 
@@ -27,12 +28,12 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
                      answer_prefix: str = "") -> Answer:
     """The oracle: one standard forward of the model over all frames and the question.
 
-    Uses the stock `Qwen2_5_VLForConditionalGeneration.forward` (vision tower over all frames
-    at once, placeholder tokens, its own KV cache), the same prompt as a stream, and positions
-    from the same rule. Under policy `full`, a stream's `first_logits` must equal these.
+    Uses the stock model's forward (`Backbone.stock_forward`: vision tower over all frames at once,
+    placeholder tokens, its own KV cache), the same prompt as a stream, and positions from the same
+    rule. Under policy `full`, a stream's `first_logits` must equal these.
     """
     q = check_question(question, max_new_tokens)
-    cfg = StreamConfig(fps=fps, tokens_per_frame=tokens_per_frame).validate()
+    cfg = StreamConfig(fps=fps, tokens_per_frame=tokens_per_frame)
     bb, spec = backbone, backbone.spec
     t0 = time.perf_counter()
     frames = video.to_rgb_frames(frames)
@@ -40,23 +41,20 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     frames = video.resize_frames(frames, size)
     n_frames = len(frames)
     times_arr = check_times(times, n_frames, None, cfg.fps)
-    if n_frames % 2:
-        frames = np.concatenate([frames, frames[-1:]])
-    pixels, grid = bb.patchify(frames)
-    n_blocks, gh, gw = int(grid[0, 0]), size[0] // spec.pixels_per_token, size[1] // spec.pixels_per_token
-    tracker = PositionTracker(block_interval(cfg.fps, spec.tokens_per_second, spec.temporal_patch))
-    sink = bb.tokenize(sink_text())
+    per = spec.frames_per_block
+    if n_frames % per:  # the last block padded with its last frame, as a stream's flush() does
+        frames = np.concatenate([frames] + [frames[-1:]] * (per - n_frames % per))
+    n_blocks = len(frames) // per
+    gh, gw = size[0] // spec.pixels_per_token, size[1] // spec.pixels_per_token
+    tracker = bb.position_tracker(cfg.fps)
+    sink = sink_ids(bb)
     q_ids, _ = question_ids(bb, q, answer_prefix=answer_prefix)
     pos = [tracker.text(len(sink))] + [tracker.block(gh, gw)[0] for _ in range(n_blocks)]
     start = tracker.next_text
-    pos.append(torch.arange(start, start + len(q_ids)).expand(3, -1))
-    ids = sink + [bb.video_token_id] * (n_blocks * gh * gw) + q_ids
-    out = bb.model(input_ids=torch.tensor([ids], device=bb.device),
-                   pixel_values_videos=pixels.to(bb.device, bb.dtype), video_grid_thw=grid.to(bb.device),
-                   position_ids=torch.cat(pos, dim=1).unsqueeze(1).to(bb.device), use_cache=True)
-    first = out.logits[0, -1].float()
+    pos.append(tracker.text_at(start, len(q_ids)))
+    first, cache = bb.stock_forward(sink, frames, q_ids, torch.cat(pos, dim=1))
     ttft = time.perf_counter() - t0
-    generated, logits, cache, nxt = [], first, out.past_key_values, start + len(q_ids)
+    generated, logits, nxt = [], first, start + len(q_ids)
     while len(generated) < max_new_tokens:
         tok = int(logits.argmax())
         if tok in bb.eos_ids:
@@ -64,9 +62,8 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
         generated.append(tok)
         if len(generated) == max_new_tokens:
             break
-        out = bb.model(input_ids=torch.tensor([[tok]], device=bb.device), past_key_values=cache,
-                       position_ids=torch.full((3, 1, 1), nxt, device=bb.device), use_cache=True)
-        logits, cache, nxt = out.logits[0, -1].float(), out.past_key_values, nxt + 1
+        logits, cache = bb.stock_step(cache, tok, nxt)
+        nxt += 1
     return Answer(question=q, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
                   token_ids=generated, ttft_s=ttft, first_logits=first.cpu(), trace=None,
                   asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps, frames_seen=n_frames,

@@ -13,10 +13,6 @@ def mean_question_query(stream, layer: int, question: str) -> torch.Tensor:
     mem, bb = stream.memory, stream.engine.backbone
     ids, qslice = question_ids(bb, question)
     cache = mem.question_cache(qslice, question)
-    bb.capture = cache.capture
-    try:
-        start = mem.question_start()
-        bb.decode(bb.embed(ids), torch.arange(start, start + len(ids)).expand(3, -1), cache)
-    finally:
-        bb.capture = None
+    start = mem.question_start()
+    bb.decode(bb.embed(ids), torch.arange(start, start + len(ids)).expand(3, -1), cache)
     return cache.record.query[layer]

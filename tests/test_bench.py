@@ -129,9 +129,9 @@ def test_flop_counter_matches_torch_counting_a_real_ingest(engine):
 def test_small_preset_has_the_documented_shape():
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from memstream.tiny import PRESETS, build_tiny_tokenizer, preset_config
+    from memstream.backbones.qwen2_5_vl import SMALL, preset_config, preset_tokenizer
 
-    cfg = preset_config(PRESETS["small"], build_tiny_tokenizer())
+    cfg = preset_config(SMALL, preset_tokenizer())
     t, v = cfg.text_config, cfg.vision_config
     assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers) == (2048, 11008, 4)
     assert (t.num_attention_heads, t.num_key_value_heads, t.hidden_size // t.num_attention_heads) == (16, 2, 128)
@@ -140,14 +140,14 @@ def test_small_preset_has_the_documented_shape():
     with torch.device("meta"):  # shapes only: no memory, no time
         model = Qwen2_5_VLForConditionalGeneration(cfg)
     params = sum(p.numel() for p in model.parameters())
-    assert 0.40e9 < params < 0.45e9  # "about 0.43 G parameters" (tiny.py)
+    assert 0.40e9 < params < 0.45e9  # "about 0.43 G parameters" (backbones/qwen2_5_vl.py)
     assert model.model.language_model.layers[0].self_attn.k_proj.weight.shape == (2 * 128, 2048)
 
 
 def test_presets_load_through_the_same_path(tiny_cache):
-    from memstream.tiny import PRESETS, build_checkpoint, build_tiny_checkpoint
+    from memstream.backbones import PRESETS, preset_checkpoint
 
     assert set(PRESETS) >= {"tiny", "small"}
-    assert build_checkpoint("tiny", tiny_cache) == build_tiny_checkpoint(tiny_cache)
-    assert build_checkpoint("tiny", tiny_cache).name.startswith("tiny-qwen2_5_vl-")
+    assert preset_checkpoint("tiny", tiny_cache) == preset_checkpoint("tiny", tiny_cache)
+    assert preset_checkpoint("tiny", tiny_cache).name.startswith("tiny-qwen2_5_vl-")
     assert memstream.load("tiny", device="cpu", cache_dir=str(tiny_cache)).backbone.spec.hidden == 64

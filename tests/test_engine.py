@@ -12,7 +12,7 @@ import torch
 from queries import mean_question_query
 
 import memstream
-from memstream.memory import BlockStore
+from memstream.store import BlockStore
 
 Q = "What is there?"
 
@@ -205,16 +205,11 @@ def test_an_odd_frame_waits_for_its_partner(engine):
     assert stream.stats()["blocks"] == 1
 
 
-def test_thumbnails_close_and_pacing(engine, monkeypatch):
+def test_close_and_pacing(engine, monkeypatch):
     from pathlib import Path
 
     sample = str(Path(__file__).resolve().parent.parent / "assets" / "sample.mp4")
-    stream = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=8, thumbnail_height=32)
-    frames = random_frames(4, 60, 120, seed=10)
-    stream.add_frames(frames)
-    thumb = stream.thumbnail(1)
-    assert thumb.dtype == np.uint8 and thumb.shape[0] == 32 and stream.thumbnail(2) is None
-    assert stream.stats()["bytes_thumbnails"] == 2 * thumb.nbytes
+    frames = random_frames(4, 60, 120, seed=10)  # thumbnails are the demo's (tests/test_ui_session.py)
     # pacing: the replay sleeps until each frame's time at `pace` x real time
     clock, slept = [100.0], []  # a fake clock that only sleeping advances
 
@@ -224,8 +219,8 @@ def test_thumbnails_close_and_pacing(engine, monkeypatch):
 
     monkeypatch.setattr("memstream.engine.time.perf_counter", lambda: clock[0])
     monkeypatch.setattr("memstream.engine.time.sleep", fake_sleep)
-    paced = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=8, thumbnail_height=None)
-    assert paced.add_video(sample, pace=4.0) == 4 and paced.thumbnail(0) is None
+    paced = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=8)
+    assert paced.add_video(sample, pace=4.0) == 4
     assert slept == [0.0] + [0.25] * 7  # frame k (k s into the video) is due k/4 s after the start
     # close() from another thread stops a replay between blocks and refuses new frames
     closing = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=8)

@@ -142,7 +142,7 @@ def test_load_expert_none_and_unknown():
 def test_real_expert_offline_and_uncached_fails_fast(name, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(experts, "_hub_reachable", lambda: False)
+    monkeypatch.setattr("memstream.loading.hub_reachable", lambda: False)
     start = time.monotonic()
     with pytest.raises(ModelLoadError) as info:
         load_expert(name, "cpu", cache_dir=str(tmp_path / "hf" / "hub"))

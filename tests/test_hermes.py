@@ -16,10 +16,10 @@ from transformers import AttentionInterface
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 import memstream
-from memstream import hermes_layers as hs
 from memstream.attention import ATTENTION_NAME, memory_attention
 from memstream.errors import ConfigError
-from memstream.hermes import HermesConfig, HermesMemory
+from memstream.policies import hermes_layers as hs
+from memstream.policies.hermes import HermesConfig, HermesMemory
 from memstream.prompt import question_ids
 
 Q = "What is there?"
@@ -32,7 +32,7 @@ def random_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def hermes_stream(engine, frames, tokens_per_frame=16, **hermes) -> memstream.Stream:
     """A hermes stream fed two frames (one block) at a time."""
-    stream = engine.stream(policy="hermes", fps=1.0, tokens_per_frame=tokens_per_frame, hermes=hermes)
+    stream = engine.stream(policy="hermes", fps=1.0, tokens_per_frame=tokens_per_frame, **hermes)
     for i in range(0, len(frames), 2):
         stream.add_frames(frames[i:i + 2], [float(i), float(i + 1)])
     return stream
@@ -90,7 +90,7 @@ def test_attention_mass_is_a_hand_softmax_with_gqa_and_causal_rows():
 
 def test_budget_holds_in_every_layer_after_every_chunk(engine):
     """40 blocks of 32 tokens (1280) through a 40-token budget, compressing every 2 blocks."""
-    stream = engine.stream(policy="hermes", fps=1.0, tokens_per_frame=16, hermes={"budget": 40, "chunk_frames": 4})
+    stream = engine.stream(policy="hermes", fps=1.0, tokens_per_frame=16, budget=40, chunk_frames=4)
     mem = stream.memory
     frames = random_frames(80, 56, 112, seed=3)
     for i in range(0, 80, 2):
@@ -150,13 +150,13 @@ def test_rotating_a_stored_key_equals_rope_of_its_position_free_key(engine, monk
     """A held post-RoPE key moved from its position o to n == the model's own RoPE at n applied to the
     position-free key the k_proj hook reported, with all three M-RoPE sections moving."""
     free: list[list[torch.Tensor]] = []
-    real = HermesMemory._run_ingest
+    real = HermesMemory.run_forward
 
     def spy(self, cache, embeds, pos):
         real(self, cache, embeds, pos)
         free.append(list(cache.keys_free))
 
-    monkeypatch.setattr(HermesMemory, "_run_ingest", spy)
+    monkeypatch.setattr(HermesMemory, "run_forward", spy)
     stream = hermes_stream(engine, random_frames(4, 56, 84, seed=6), budget=100)
     bb, state = engine.backbone, stream.memory.layers[1]
     m = stream.memory.blocks[-1].n_tokens
@@ -207,7 +207,7 @@ def test_hermes_with_a_budget_larger_than_the_stream_equals_full(engine):
     want = full.ask(Q, max_new_tokens=3)
     for positions in ("lazy", "eager"):
         stream = engine.stream(policy="hermes", fps=1.0, tokens_per_frame=8,
-                               hermes={"budget": 10**6, "chunk_frames": 2, "positions": positions})
+                               budget=10**6, chunk_frames=2, positions=positions)
         stream.add_frames(frames, np.arange(8.0))
         got = stream.ask(Q, max_new_tokens=3)
         assert (got.first_logits - want.first_logits).abs().max().item() < 1e-5
@@ -303,12 +303,11 @@ def test_stats_and_trace_shapes(engine):
 ])
 def test_bad_hermes_settings_give_one_sentence(engine, field, value, words):
     with pytest.raises(ConfigError) as err:
-        engine.stream(policy="hermes", hermes={field: value})
+        engine.stream(policy="hermes", **{field: value})
     msg = str(err.value)
     assert words in msg and msg.endswith(".") and msg.count(". ") == 0 and "\n" not in msg
     with pytest.raises(ConfigError, match="Unknown hermes option"):
-        engine.stream(policy="hermes", hermes={"budgett": 5})
-    assert HermesConfig().validate().budget == 6000
+        engine.stream(policy="hermes", budgett=5)
 
 
 def test_cli_budget_and_chunk_frames(engine, tiny_cache, monkeypatch):

@@ -67,15 +67,15 @@ def test_counts_and_compression_floor():
 
 
 def test_gather_kept_per_layer_and_per_head():
-    from memstream.memstream_memory import _gather_kept
+    from memstream.policies.memstream import gather_kept
 
     free = torch.randn(6, 2, 4)  # [n, Hkv, d]
     k, v = free.permute(1, 0, 2)[None], 2 * free.permute(1, 0, 2)[None]  # [1, Hkv, n, d]
-    wk, wv, rep = _gather_kept(k, v, free, torch.tensor([1, 4]))
+    wk, wv, rep = gather_kept(k, v, free, torch.tensor([1, 4]))
     assert torch.equal(wk[0], free[[1, 4]].permute(1, 0, 2)) and torch.equal(wv, 2 * wk)
     assert torch.allclose(rep[0], free[[1, 4]].mean(0))
     keep = torch.tensor([[0, 5], [2, 3]])  # head 0 keeps tokens 0 and 5, head 1 keeps 2 and 3
-    wk, wv, rep = _gather_kept(k, v, free, keep)
+    wk, wv, rep = gather_kept(k, v, free, keep)
     assert wk.shape == (1, 2, 2, 4) and torch.equal(wv, 2 * wk)
     for h in range(2):
         assert torch.equal(wk[0, h], free[keep[h], h])
@@ -229,13 +229,12 @@ def test_external_policy_retrieves_the_external_topk(expert_engine):
 
 
 def test_external_without_an_expert_is_refused(engine):
-    from memstream.memory import MemoryConfig
-    from memstream.memstream_memory import MemStreamMemory
+    from memstream.policies import MemStreamConfig, MemStreamMemory
 
     with pytest.raises(memstream.ConfigError):
         engine.stream(policy="external")
     with pytest.raises(memstream.ConfigError, match="expert"):
-        MemStreamMemory(engine.backbone, MemoryConfig(policy="external"), 4.0)
+        MemStreamMemory(engine.backbone, MemStreamConfig(), fps=1.0, ranking="external")
 
 
 # ---- traces ------------------------------------------------------------------------------------
@@ -314,7 +313,7 @@ def test_set_retrieval_equals_a_stream_opened_with_those_settings(expert_engine,
 
     stream = opened(topk=6)
     blocks = stream.stats()["blocks"]
-    changed = {"topk": 2, "fusion_c": 5.0, "fusion_weights": (1.0, 3.0)}
+    changed = {"topk": 2, **({"fusion_c": 5.0, "fusion_weights": (1.0, 3.0)} if policy == "memstream" else {})}
     assert stream.set_retrieval(**changed).topk == 2
     twin = opened(**changed)
     got, want = stream.ask(Q, max_new_tokens=2), twin.ask(Q, max_new_tokens=2)

@@ -123,7 +123,7 @@ def test_app_falls_back_to_tiny_with_a_banner(monkeypatch, tiny_cache, tmp_path)
     # the default expert follows the model: the tiny expert next to the tiny fallback, no second attempt
     engine, banner = app.load_engine(str(tmp_path / "no-such-model"), "auto", "cpu")
     assert engine.expert_name == "tiny" and "expert is off" not in banner and banner.count("could not be loaded") == 1
-    monkeypatch.setattr("memstream.experts._hub_reachable", lambda: False)
+    monkeypatch.setattr("memstream.loading.hub_reachable", lambda: False)
     engine, banner = app.load_engine("tiny", "clip-b32", "cpu")  # an expert that cannot load: on without it
     assert engine.expert is None and "expert is off" in banner and "random-weight" in banner
 

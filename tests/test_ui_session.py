@@ -57,6 +57,8 @@ def test_file_ingestion_question_and_record(manager):
     assert 1 <= len(res.thumbnails) <= 2  # capped by max_thumbnails
     img, caption = res.thumbnails[0]
     assert img.dtype == np.uint8 and img.ndim == 3 and caption.endswith("layers")
+    # the demo keeps one thumbnail per block (first frame, Limits.thumbnail_height px high)
+    assert len(s.thumbs) == st["blocks"] and all(t.shape[0] == manager.limits.thumbnail_height for t in s.thumbs)
 
 
 def test_bad_inputs_keep_the_session_working(manager, tmp_path):
@@ -143,8 +145,9 @@ def test_stream_options_are_valid_library_options(engine):
     settings = Settings(expert="none", fusion_c=30.0, budget=128)
     for policy in ("rekv", "memstream", "hermes"):
         cfg = engine.stream_config(policy=policy, **settings.stream_options(policy))
-        assert cfg.fusion_c == 30.0 and cfg.expert is None
-    assert engine.stream_config(policy="hermes", **settings.stream_options("hermes")).hermes.budget == 128
+        assert cfg.expert is None  # each policy gets the options it takes, and only those
+    assert engine.stream_config(policy="memstream", **settings.stream_options("memstream")).fusion_c == 30.0
+    assert engine.stream_config(policy="hermes", **settings.stream_options("hermes")).budget == 128
     with pytest.raises(ConfigError, match="external expert"):  # no expert loaded: refused before any ingest
         engine.stream_config(policy="external", **settings.stream_options("external"))
     assert Settings(compare="rekv", policy="rekv").policies() == ["rekv"]  # a policy compared with itself: one

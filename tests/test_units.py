@@ -139,26 +139,27 @@ def test_position_tracker_and_fractional_intervals():
 
 
 def test_tiny_checkpoint_tokenizer_and_determinism(engine, tiny_cache):
-    from memstream.tiny import QWEN_SPECIAL_TOKENS, build_tiny_checkpoint
+    from memstream.backbones import preset_checkpoint
+    from memstream.backbones.qwen2_5_vl import SPECIAL_TOKENS as QWEN_SPECIAL_TOKENS
 
     tok = engine.backbone.tokenizer
     ids = tok("<|im_start|>user\nhé<|vision_start|>", add_special_tokens=False).input_ids
     assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") and len(ids) == 1 + 5 + 3 + 1  # "é" is two bytes
     assert tok.decode(tok("naïve ☃", add_special_tokens=False).input_ids) == "naïve ☃"
     assert all(tok.convert_tokens_to_ids(t) >= 256 for t in QWEN_SPECIAL_TOKENS)
-    assert build_tiny_checkpoint(tiny_cache) == build_tiny_checkpoint(tiny_cache)  # cached, same dir
+    assert preset_checkpoint("tiny", tiny_cache) == preset_checkpoint("tiny", tiny_cache)  # cached, same dir
     w = engine.backbone.lm.layers[0].self_attn.q_proj.weight
     torch.manual_seed(0)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from memstream.tiny import build_tiny_tokenizer, tiny_config
+    from memstream.backbones.qwen2_5_vl import TINY, preset_config, preset_tokenizer
 
-    fresh = Qwen2_5_VLForConditionalGeneration(tiny_config(build_tiny_tokenizer()))
+    fresh = Qwen2_5_VLForConditionalGeneration(preset_config(TINY, preset_tokenizer()))
     assert torch.equal(fresh.model.language_model.layers[0].self_attn.q_proj.weight, w)  # seeded weights
 
 
 def test_row_buffer_grows_like_cat():
-    from memstream.memory import RowBuffer
+    from memstream.store import RowBuffer
 
     buf, rows = RowBuffer(), []
     for i in range(40):

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ..config import add_policy_arguments, policy_options
-from ..memory import POLICIES
+from .. import options
+from ..config import options_for
+from ..policies import policy_names
 
 T = TypeVar("T")
 
@@ -88,28 +89,35 @@ def binned_medians(values: list[float], bins: int) -> list[list[float]]:
 
 
 def add_common_arguments(p: argparse.ArgumentParser, model_default: str = "tiny") -> None:
-    """Options every benchmark takes: the model, where it runs, the frame budget and the output."""
-    p.add_argument("--model", default=model_default,
-                   help="'tiny' or 'small' (offline random weights), a hub id or a local directory")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
-    p.add_argument("--expert", default="none", help="external expert for memstream/external: tiny, clip-b32, ...")
-    p.add_argument("--tokens-per-frame", type=int, default=BENCH_TOKENS_PER_FRAME,
-                   help="LLM tokens per frame (a block holds up to twice this)")
-    p.add_argument("--fps", type=float, default=1.0, help="frames per second of stream time")
-    p.add_argument("--n-local", type=int, default=None,
-                   help="ingest window in tokens (default: the engine's 15000); small: full from the start")
+    """Options every benchmark takes: the model and where it runs, the stream and policy flags (as the
+    CLI's `ask` has them, but 64 tokens per frame by default), threads and the output."""
+    options.add_engine_arguments(p, model=model_default)
+    options.add_stream_arguments(p, defaults={"tokens_per_frame": BENCH_TOKENS_PER_FRAME}, policy=False)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    add_policy_arguments(p)
 
 
 def stream_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The `Engine.stream` options the common flags set: the policy flags and --n-local when given."""
-    return policy_options(args) | ({} if args.n_local is None else {"n_local": args.n_local})
+    """The `Engine.stream` options the flags set, but policy, fps and tokens_per_frame (which every benchmark
+    passes on its own): encode_batch and the policy options given."""
+    return {k: v for k, v in options.stream_options(args).items() if k not in ("policy", "fps", "tokens_per_frame")}
+
+
+def per_policy(policies: list[str], opts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each policy's share of `opts` (several policies measured on one set of flags); ConfigError for an
+    option that none of them takes."""
+    from ..config import route_check
+
+    shares = {p: options_for(p, opts) for p in policies}
+    taken = set().union(*shares.values()) if shares else set()
+    unused = {k: v for k, v in opts.items() if k not in taken}
+    if unused and policies:
+        route_check(policies[0], unused)  # names the policy that owns it, or says nobody does
+    return shares
 
 
 def policy_help() -> str:
-    return f"memory policy ({', '.join(POLICIES)}, or any policy the engine accepts)"
+    return f"memory policy ({', '.join(policy_names())}, or any policy registered before the run)"
 
 
 def apply_threads(args: argparse.Namespace) -> None:

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import StreamConfig
 from ..engine import Engine, load
+from ..policies import MemStreamConfig
 from ..video import sample_frames
 from .common import add_common_arguments, apply_threads, emit, machine, stream_options, timed
 
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     engine = load(model=args.model, device=args.device)
     frames = [f for f, _ in sample_frames(args.video, args.fps)]
-    options = {k: v for k, v in stream_options(args).items() if k not in ("compress_threshold", "hermes")}
-    threshold = args.compress_threshold if args.compress_threshold is not None else StreamConfig().compress_threshold
+    options = stream_options(args)
+    threshold = options.pop("compress_threshold", MemStreamConfig().compress_threshold)
     rows = [measure(engine, frames, b, args.blocks, args.fps, threshold, args.warmup, **options) for b in budgets]
     result = {"bench": "compression", "model": engine.backbone.name, "device": str(engine.device),
               "video": args.video, "fps": args.fps, "blocks": args.blocks, "compress_threshold": threshold,
@@ -65,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
 def measure(engine: Engine, frames: list[np.ndarray], tokens_per_frame: int, blocks: int, fps: float,
             threshold: float, warmup: int = 2, **options: Any) -> dict[str, Any]:
     """Ingest `blocks` blocks of `frames` (looped) into the three variants, interleaved; one table row."""
-    base = dict(fps=fps, tokens_per_frame=tokens_per_frame, thumbnail_height=None)
+    base = dict(fps=fps, tokens_per_frame=tokens_per_frame)
     if "n_local" in options:
         base["n_local"] = options.pop("n_local")
+    if "encode_batch" in options:
+        base["encode_batch"] = options.pop("encode_batch")
     memstream = {**options, "policy": "memstream-internal"}
     streams = {
         "rekv": engine.stream(policy="rekv", **base),

@@ -36,6 +36,7 @@ from .common import (
     policy_help,
     spread,
     stream_options,
+    synchronize,
     timed,
 )
 from .flops import Flops, ingest_block_flops, matmul_flops, vision_flops
@@ -116,37 +117,28 @@ def measure_efficiency(engine: Engine, policy: str, calls: int, *, blocks_per_ca
     synthetic = SyntheticVideo()
     mem = stream.memory
     probe = _matmul_probe(engine.device, bb.dtype, PROBE_SIZE.get(engine.device.type, PROBE_SIZE["cpu"]))
-    vision_calls: list[float] = []
-    real_encode = bb.encode_blocks
-
-    def encode_timed(frames):  # the stream calls this once per single-block add_frames
-        out, dt = timed(engine.device, lambda: real_encode(frames))
-        vision_calls.append(dt)
-        return out
+    stream.sync = lambda: synchronize(engine.device)  # the stream's encode_s then counts finished work
 
     size = frame_size_for_budget(synthetic.height, synthetic.width, tokens_per_frame)  # what the stream will use
     grid = (size[0] // bb.spec.pixels_per_token, size[1] // bb.spec.pixels_per_token)
-    n_local = mem.cfg.n_local
+    n_local = stream.config.options().get("n_local")
     rows: list[dict[str, float]] = []  # per timed call: seconds, FLOPs, probe
     before = probe()
-    bb.encode_blocks = encode_timed  # an instance attribute shadows the method for this stream only
-    try:
-        for call in range(warmup + calls):
-            frames = synthetic.frames(2 * blocks_per_call * call, 2 * blocks_per_call)
-            window = mem.window_tokens()
-            flops = Flops()
-            for j in range(blocks_per_call):  # each block attends to the sinks + the window before it
-                seen = window + j * grid[0] * grid[1]
-                flops = flops + ingest_block_flops(config, grid, mem.n_sink + (seen if n_local is None
-                                                                               else min(n_local, seen)))
-            _, dt = timed(engine.device, lambda frames=frames: stream.add_frames(frames))
-            after = probe()
-            if call >= warmup:
-                rows.append({"s": dt, "vision_s": vision_calls[-1], "flops": flops.total,
-                             "attention": flops.attention, "peak": max(before, after)})
-            before = after
-    finally:
-        del bb.encode_blocks
+    for call in range(warmup + calls):
+        frames = synthetic.frames(2 * blocks_per_call * call, 2 * blocks_per_call)
+        window = mem.window_tokens()
+        flops = Flops()
+        for j in range(blocks_per_call):  # each block attends to the sinks + the window before it
+            seen = window + j * grid[0] * grid[1]
+            flops = flops + ingest_block_flops(config, grid, mem.n_sink + (seen if n_local is None
+                                                                           else min(n_local, seen)))
+        encoded = stream.stats()["encode_s"]
+        _, dt = timed(engine.device, lambda frames=frames: stream.add_frames(frames))
+        after = probe()
+        if call >= warmup:
+            rows.append({"s": dt, "vision_s": stream.stats()["encode_s"] - encoded, "flops": flops.total,
+                         "attention": flops.attention, "peak": max(before, after)})
+        before = after
     vision_call = vision_flops(config.vision_config, *grid, blocks=blocks_per_call).total
     total_s = sum(r["s"] for r in rows)
     total_flops = sum(r["flops"] for r in rows)

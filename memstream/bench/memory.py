@@ -17,7 +17,15 @@ from typing import Any
 import torch
 
 from ..engine import Engine, load
-from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, stream_options, synchronize
+from .common import (
+    SyntheticVideo,
+    add_common_arguments,
+    apply_threads,
+    emit,
+    per_policy,
+    stream_options,
+    synchronize,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,11 +41,12 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     engine = load(model=args.model, expert=args.expert, device=args.device)
     lengths = sorted(int(x) for x in args.lengths.split(","))
-    options = stream_options(args)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    shares = per_policy(policies, stream_options(args))  # each policy its own options
     rows = []
-    for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
+    for policy in policies:
         for tpf in [int(x) for x in args.tpf.split(",")]:
-            rows.append(measure_memory(engine, policy, tpf, lengths, fps=args.fps, **options))
+            rows.append(measure_memory(engine, policy, tpf, lengths, fps=args.fps, **shares[policy]))
     result = {"model": engine.backbone.name, "device": str(engine.device), "lengths": lengths, "rows": rows}
     return emit({"bench": "memory", **result}, args.json)
 

@@ -24,6 +24,7 @@ from .common import (
     add_common_arguments,
     apply_threads,
     emit,
+    per_policy,
     policy_help,
     spread,
     stream_options,
@@ -49,7 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "in one run with their questions interleaved (one JSON line each)")
     p.add_argument("--minutes", type=float, default=1.0, help="stream length before the questions, minutes")
     p.add_argument("--questions", type=int, default=5, help=f"questions asked (at most {len(QUESTIONS)})")
-    p.add_argument("--topk", type=int, default=None, help="blocks retrieved per layer (retrieval policies)")
     add_common_arguments(p)
     p.set_defaults(handler=run)
 
@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     engine = load(model=args.model, expert=args.expert, device=args.device)
-    options = stream_options(args) | ({} if args.topk is None else {"topk": args.topk})
+    options = stream_options(args)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     rows = measure_ttft_interleaved(engine, policies, args.minutes, fps=args.fps,
                                     tokens_per_frame=args.tokens_per_frame, questions=args.questions, **options)
@@ -83,19 +83,21 @@ def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float
                              tokens_per_frame: int, questions: int = 5, **stream_options: Any) -> list[dict[str, Any]]:
     """`measure_ttft` for several policies on the same frames: every stream ingests first, then each
     question is asked of every policy in turn, so load from other jobs hits all of them alike and
-    their ratios are fair. Options a policy does not take (e.g. hermes settings for rekv) are harmless."""
+    their ratios are fair. Each policy gets the options it takes (e.g. hermes' budget only hermes); an
+    option none of them takes is a ConfigError."""
     n_frames = stream_frames(minutes, fps)
     video = SyntheticVideo()
     asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(max(1, questions))]
     times = np.arange(n_frames) / fps
     askers = {}
+    shares = per_policy([p for p in policies if p != OFFLINE], stream_options)
     for policy in policies:
         if policy == OFFLINE:
             frames = video.frames(0, n_frames)  # a user without memstream keeps the frames themselves
             askers[policy] = (lambda q, frames=frames: engine.reference_answer(
                 frames, times, q, fps=fps, tokens_per_frame=tokens_per_frame, max_new_tokens=1), None)
             continue
-        stream = engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, **stream_options)
+        stream = engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, **shares[policy])
         chunk = 2 * stream.config.encode_batch  # as add_video feeds it: a few blocks per vision call
         for start in range(0, n_frames, chunk):
             stream.add_frames(video.frames(start, min(chunk, n_frames - start)), times[start:start + chunk])
@@ -126,6 +128,6 @@ def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float
             "model": engine.backbone.name,
             "device": str(engine.device),
             **({} if stream is None or "budget" not in stream.stats() else {"budget": stream.stats()["budget"]}),
-            **({} if stream is None or policy in ("full", "hermes") else {"topk": stream.config.topk}),
+            **({} if stream is None or "topk" not in stream.config.options() else {"topk": stream.config.topk}),
         })
     return rows

@@ -2,7 +2,7 @@
 
     from memstream.evaluate import EvalSettings, load_annotations, run_eval
     videos, _ = load_annotations("mlvu.json", video_root="videos/")
-    run = run_eval(engine, videos, EvalSettings(policy="rekv"), out="mlvu.jsonl")
+    run = run_eval(engine, videos, EvalSettings.from_options(policy="rekv"), out="mlvu.jsonl")
     run.summary["accuracy"], run.summary["by_question_type"]
 
 The CLI form is `python -m memstream eval ANNOTATIONS --video-root DIR` (`register` adds it).

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, fields
 
-from ..config import MAX_NEW_TOKENS, StreamConfig, add_stream_arguments, stream_options
+from ..checks import MAX_NEW_TOKENS
 from ..engine import load
+from ..options import add_engine_arguments, add_stream_arguments, stream_options
 from .annotations import load_annotations
 from .errors import EvalError
 from .judge import make_judge
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="results file, JSON lines; an existing one is resumed")
     p.add_argument("--mode", default="auto", choices=MODES,
                    help="auto: streaming for videos whose questions have end_time, offline otherwise")
+    add_engine_arguments(p)
     add_stream_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=64, help="open-ended answer length limit, tokens")
     p.add_argument("--judge", default="match",
@@ -54,11 +55,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if not videos:
         raise EvalError(f"None of the videos of {args.annotations} exist under the video root.")
     judge = make_judge(args.judge, args.judge_url, args.judge_model, args.judge_key_env)
-    opts = stream_options(args)
-    core = {f.name: opts.pop(f.name) for f in fields(EvalSettings) if f.name in opts}
-    settings = EvalSettings(model=args.model, **core, max_new_tokens=args.max_new_tokens, mode=args.mode,
-                            expert=None if args.expert == "none" else args.expert, options=opts)
-    StreamConfig(**settings.stream_options()).validate()  # bad flags fail before the model loads
+    # bad flags fail here, before the model loads
+    settings = EvalSettings.from_options(model=args.model, max_new_tokens=args.max_new_tokens, mode=args.mode,
+                                         expert=None if args.expert == "none" else args.expert,
+                                         **stream_options(args))
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         raise EvalError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
     for vid in missing:
@@ -66,7 +66,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     run = run_eval(lambda: load(model=args.model, expert=args.expert, device=args.device), videos, settings, judge,
                    out=args.out, progress=not args.no_progress)
     summary = {**run.summary, "answered": run.answered, "resumed": run.resumed, "out": args.out,
-               "skipped_videos": missing, "warnings": run.warnings, "settings": {**asdict(settings),
+               "skipped_videos": missing, "warnings": run.warnings, "settings": {**settings.record(),
                                                                                   "judge": judge.name}}
     if args.json:
         print(json.dumps(summary, default=str))

@@ -20,7 +20,7 @@ from string import ascii_uppercase
 
 import torch
 
-from ..backbone import Backbone
+from ..backbones import Backbone
 from ..errors import ConfigError
 
 MAX_CHOICES = len(ascii_uppercase)  # options are lettered A..Z

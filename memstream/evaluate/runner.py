@@ -15,8 +15,9 @@ import json
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
+from ..config import StreamConfig
 from ..engine import Engine, Stream
 from ..errors import EmptyMemoryError, InputError
 from .annotations import Question, VideoItem
@@ -34,22 +35,21 @@ class EvalSettings:
     """Everything that shapes the answers; recorded in every result line and checked on resume."""
 
     model: str = ""  # the model's name as passed to `memstream.load` ("" = the loaded engine's name)
-    policy: str = "rekv"
-    fps: float = 1.0  # frames sampled per second of video
-    tokens_per_frame: int = 256  # LLM tokens per frame
-    topk: int = 16  # blocks retrieved per layer
-    n_local: int | None = 15000  # ingest sliding window, tokens
-    positions: str = "original"
-    score: str = "dot"
+    stream: StreamConfig = field(default_factory=StreamConfig)  # the memory: policy, fps, its options
     max_new_tokens: int = 64  # answer length limit of open-ended questions (MC needs one token)
     mode: str = "auto"  # "auto" (streaming when questions have end_time), "offline" or "streaming"
     expert: str | None = None  # the engine's external expert (as passed to `memstream.load`), or None
-    options: dict = field(default_factory=dict)  # further `Engine.stream` options (aks_keep, hermes, ...)
 
-    def stream_options(self) -> dict:
-        core = {k: getattr(self, k) for k in ("policy", "fps", "tokens_per_frame", "topk", "n_local",
-                                              "positions", "score")}
-        return {**core, **self.options}
+    @classmethod
+    def from_options(cls, model: str = "", max_new_tokens: int = 64, mode: str = "auto", expert: str | None = None,
+                     **stream_options) -> EvalSettings:
+        """Settings with the stream given as flat options (`policy="rekv", topk=64, ...`)."""
+        return cls(model, StreamConfig.from_options(**stream_options), max_new_tokens, mode, expert)
+
+    def record(self) -> dict:
+        """The settings as one flat dict (stream options inline), as every result line records them."""
+        return {"model": self.model, **self.stream.options(), "max_new_tokens": self.max_new_tokens,
+                "mode": self.mode, "expert": self.expert}
 
 
 @dataclass
@@ -78,7 +78,7 @@ def run_eval(engine: Engine | Callable[[], Engine], videos: list[VideoItem], set
     if settings.mode not in MODES:
         raise EvalError(f"Unknown mode {settings.mode!r}; choose one of {', '.join(MODES)}.")
     # as JSON will read it back (tuples become lists), so that a resumed run compares like with like
-    settings_dict = json.loads(json.dumps({**asdict(settings), "judge": judge.name}, default=str))
+    settings_dict = json.loads(json.dumps({**settings.record(), "judge": judge.name}, default=str))
     results = ResultsFile(out, settings_dict) if out else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -128,8 +128,7 @@ def _progress_bar(total: int, enabled: bool):
 def _video_records(engine: Engine, item: VideoItem, pending: list[Question], settings: EvalSettings,
                    judge: Judge, streaming: bool):
     """Yield one record per pending question of one video, ingesting its frames as needed."""
-    # no thumbnails: nothing draws them here, and a long video's would be tens of MB per stream
-    stream = engine.stream(**settings.stream_options(), thumbnail_height=None)
+    stream = engine.stream(settings.stream)
     try:
         if not streaming:
             stream.add_video(str(item.path))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import loading
 from ..errors import ConfigError, ModelLoadError
 from .clip import Expert, block_scores
 from .tiny import TINY_NAME, build_tiny_expert, build_tiny_model, tiny_tokenizer
@@ -43,13 +44,6 @@ EXPERTS: dict[str, ExpertSpec] = {
         ExpertSpec(TINY_NAME, TINY_NAME, None, "random 32-d open_clip CLIP built offline (tests, demos)"),
     )
 }
-
-
-def _hub_reachable() -> bool:
-    """The backbone's quick hub check (one TCP connect, a few seconds at most); a seam for tests."""
-    from ..backbone import _hub_reachable as reachable
-
-    return reachable()
 
 
 def _suggestion() -> str:
@@ -93,7 +87,7 @@ def _load_open_clip(spec: ExpertSpec, device: torch.device, cache_dir: str | Non
     if not tag_cfg or model_cfg is None:  # the registry and the installed open_clip disagree
         raise ModelLoadError(f"The installed open_clip does not know {where}; upgrade open_clip or {_suggestion()}.")
     checkpoint = _cached_checkpoint(tag_cfg, cache_dir)
-    if checkpoint is None and not _hub_reachable():
+    if checkpoint is None and not loading.hub_reachable():
         raise ModelLoadError(f"The weights of {where} are not cached and the model hub is unreachable; "
                              f"{_suggestion()}.")
     precision = "fp16" if device.type == "cuda" else "fp32"
@@ -126,9 +120,8 @@ def load_expert(name: str | None, device: str | torch.device = "cpu", cache_dir:
     if spec is None:
         choices = ", ".join([*EXPERTS, "none"])
         raise ConfigError(f"Unknown expert {name!r}; choose one of: {choices}.")
-    from ..backbone import resolve_device
 
-    dev = resolve_device(str(device))
+    dev = loading.resolve_device(str(device))
     if spec.model == TINY_NAME:
         return build_tiny_expert(dev)
     return _load_open_clip(spec, dev, cache_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from memstream.errors import EmptyMemoryError, MemStreamError
-from memstream.memory import NEEDS_EXPERT, POLICIES
+from memstream.policies import policy_names, policy_spec
 
 from . import heatmap
 from .manager import SessionManager
@@ -162,7 +162,7 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
     manager = SessionManager(engine, defaults, limits)
     has_expert = getattr(engine, "expert", None) is not None
     # a policy that ranks with the expert cannot run without one: leave it out rather than fail on Apply
-    policies = [p for p in POLICIES if has_expert or p not in NEEDS_EXPERT]
+    policies = [p for p in policy_names() if has_expert or not policy_spec(p).needs_expert]
     if defaults.policy not in policies:
         defaults = dataclasses.replace(defaults, policy="memstream-internal")
     sample = sample if sample and Path(sample).exists() else None

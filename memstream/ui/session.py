@@ -50,6 +50,7 @@ class Session:
         self.msg_record: dict[int, int] = {}  # chat message index -> record index
         self.last_active = time.monotonic()
         self.ingest_pos_s = 0.0  # stream time of the last frame handed to the memory
+        self.thumbs: list[np.ndarray] = []  # per block in memory: uint8 [h, w, 3] of its first frame
         self._generation = 0  # bumps on every restart; a thread of an older generation stops
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -128,7 +129,9 @@ class Session:
                 retrieval = new.changes(old, Settings.RETRIEVAL)
                 if retrieval:
                     for stream in self.streams:  # read at question time: no need to re-ingest
-                        stream.set_retrieval(**new.retrieval_options())
+                        mine = {k: v for k, v in new.retrieval_options().items() if k in stream.config.question_time()}
+                        if mine:
+                            stream.set_retrieval(**mine)
                     msg = f"Settings applied to the memory as it is ({', '.join(retrieval)}); nothing re-ingested."
                 else:
                     msg = "Settings applied; the memory is unchanged" + (
@@ -162,6 +165,7 @@ class Session:
             self._stop = threading.Event()
             self.streams = streams
             self.source = source
+            self.thumbs = []
             self.ingest_pos_s = 0.0
             self.state = "live" if source.kind == "webcam" else "ingesting"
             if source.kind == "webcam":
@@ -208,15 +212,17 @@ class Session:
         if stop.is_set() or not frames:
             return not stop.is_set()
         arr = np.stack(frames)
-        for s in streams:
+        for i, s in enumerate(streams):
             if stop.is_set():
                 return False
             try:
-                s.add_frames(arr, times)
+                added = s.add_frames(arr, times)
             except MemStreamError:
                 if stop.is_set():  # the stream was closed under us by a restart
                     return False
                 raise
+            if i == 0:  # every stream holds the same blocks: one thumbnail per block for all
+                self._keep_thumbnails(arr, added)
         if stop.is_set():
             return False
         self.ingest_pos_s = float(times[-1]) + 1.0 / self.settings.fps
@@ -231,6 +237,15 @@ class Session:
             stop.set()
             return False
         return True
+
+    def _keep_thumbnails(self, frames: np.ndarray, blocks: int) -> None:
+        """Thumbnails of the first frame of each of the last `blocks` blocks fed from `frames` [T, H, W, 3]."""
+        per = len(frames) // blocks if blocks else 0
+        for b in range(blocks):
+            frame = frames[b * per]
+            h = self.limits.thumbnail_height
+            w = max(1, round(frame.shape[1] * h / frame.shape[0]))
+            self.thumbs.append(video.resize_frames(frame, (h, w))[0])
 
     def _run_file(self, stop: threading.Event, streams: list, src: Source, _queue) -> None:
         frames, times = [], []
@@ -253,10 +268,11 @@ class Session:
                 frames, times = [], []
         if frames and not self._feed(stop, streams, frames, times):
             return
-        for s in streams:
+        for i, s in enumerate(streams):
             if stop.is_set():
                 return
-            s.flush()
+            if s.flush() and i == 0 and frames:
+                self._keep_thumbnails(np.stack(frames[-1:]), 1)
         with self.lock:
             if stop.is_set():
                 return
@@ -344,7 +360,7 @@ class Session:
         picked = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0][: self.limits.max_thumbnails]
         out = []
         for b in sorted(picked):
-            img = stream.thumbnail(b)
+            img = self.thumbs[b] if b < len(self.thumbs) else None
             if img is not None:
                 out.append((img, f"{float(tr.block_times[b]):.1f} s · {counts[b]}/{n_layers} layers"))
         return out
@@ -388,4 +404,4 @@ class Session:
 
 
 def _mb(stats: dict) -> float:
-    return (stats.get("bytes_cpu", 0) + stats.get("bytes_gpu", 0) + stats.get("bytes_thumbnails", 0)) / 2**20
+    return (stats.get("bytes_cpu", 0) + stats.get("bytes_gpu", 0)) / 2**20

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memstream.config import options_for
 from memstream.errors import MemStreamError
 
 PACES = {"as fast as possible": None, "real time": 1.0}
@@ -23,6 +24,7 @@ class Limits:
     idle_timeout_s: float = 1800.0  # a session without user action for this long is freed
     webcam_gap_s: float = 3.0  # no webcam frame for this long: shown as stopped
     max_thumbnails: int = 12  # retrieved-frame thumbnails kept per answer and policy
+    thumbnail_height: int = 96  # px: every block's first frame is kept this high, for the thumbnail strip
     max_answers: int = 50  # answers (with traces and thumbnails) kept per session
     webcam_time_limit_s: float = 1800.0  # one webcam streaming run (gradio's time_limit)
 
@@ -51,13 +53,12 @@ class Settings:
     def policies(self) -> list[str]:
         return [self.policy] + ([self.compare] if self.compare and self.compare != self.policy else [])
 
-    def stream_options(self, policy: str | None = None) -> dict:
-        """Keyword arguments for `Engine.stream` (minus policy); `policy` picks the options it needs."""
+    def stream_options(self, policy: str) -> dict:
+        """Keyword arguments for `Engine.stream` (minus policy): those of the form's options `policy` takes."""
         opts = {"fps": self.fps, "tokens_per_frame": self.tokens_per_frame, "n_local": self.n_local,
-                "expert": None if self.expert == "none" else self.expert, **self.retrieval_options()}
-        if policy == "hermes":
-            opts["hermes"] = {"budget": self.budget}
-        return opts
+                "expert": None if self.expert == "none" else self.expert, "budget": self.budget,
+                **self.retrieval_options()}
+        return options_for(policy, opts)
 
     def retrieval_options(self) -> dict:
         """The question-time settings, as keyword arguments of `Stream.set_retrieval`."""

@@ -36,19 +36,19 @@ from dataclasses import dataclass
 
 import torch
 
+from ..backbones import Backbone
+from ..checks import is_int, is_number
+from ..errors import ConfigError
+from ..positions import block_max_position, block_t_offset
+from ..trace import RetrievalTrace
 from . import hermes_layers as hl
-from .backbone import Backbone
-from .config import is_int, is_number
-from .errors import ConfigError
+from .base import BlockInfo, IngestCache, Memory, PolicyConfig, need
 from .hermes_layers import LayerMemory
-from .memory import BlockInfo, KVMemory, MemoryConfig, _IngestCache
-from .positions import block_max_position, block_t_offset, text_positions
-from .trace import RetrievalTrace
 
 
-@dataclass
-class HermesConfig:
-    """HERMES settings (StreamConfig.hermes; CLI --budget, --chunk-frames, --hermes-positions)."""
+@dataclass(frozen=True)
+class HermesConfig(PolicyConfig):
+    """HERMES settings (every field also a flat `Engine.stream` option and a CLI flag)."""
 
     budget: int = 6000  # visual tokens each layer keeps after a compression (sinks and summary not counted)
     chunk_frames: int = 16  # frames between two compressions (even: a block is 2 frames)
@@ -71,11 +71,7 @@ class HermesConfig:
         "Summarize the narrative of the video so far.",
     )
 
-    def validate(self) -> HermesConfig:
-        def need(ok: bool, sentence: str) -> None:
-            if not ok:
-                raise ConfigError(sentence)
-
+    def validate(self) -> None:
         def unit(x: object) -> bool:
             return is_number(x) and 0.0 <= x <= 1.0
 
@@ -113,31 +109,27 @@ class HermesConfig:
         qs = self.pseudo_questions
         need(isinstance(qs, tuple | list) and len(qs) > 0 and all(isinstance(q, str) and q.strip() for q in qs),
              "hermes pseudo_questions must be a non-empty list of non-empty texts.")
-        self.middle_alpha = (float(self.middle_alpha[0]), float(self.middle_alpha[1]))
-        self.middle_kappa = (float(self.middle_kappa[0]), float(self.middle_kappa[1]))
-        self.pseudo_questions = tuple(qs)
-        return self
+        object.__setattr__(self, "middle_alpha", (float(self.middle_alpha[0]), float(self.middle_alpha[1])))
+        object.__setattr__(self, "middle_kappa", (float(self.middle_kappa[0]), float(self.middle_kappa[1])))
+        object.__setattr__(self, "pseudo_questions", tuple(qs))
 
 
-class HermesMemory(KVMemory):
+class HermesMemory(Memory):
     """Sinks + per-layer budgeted tokens (+ deep summaries); see the module docstring."""
 
-    def __init__(self, backbone: Backbone, config: MemoryConfig, interval: float, expert=None):
-        super().__init__(backbone, config, interval)
-        self.offload = False  # nothing goes to a host block store: the budget is the memory
-        hcfg = config.hermes if config.hermes is not None else HermesConfig()
-        self.hcfg = (HermesConfig(**hcfg) if isinstance(hcfg, dict) else hcfg).validate()
+    def __init__(self, backbone: Backbone, config: HermesConfig, *, fps: float, expert=None):
+        super().__init__(backbone, config, fps=fps, expert=None)  # no external expert
         spec = self.spec
-        self.roles = hl.layer_roles(self.hcfg, spec.n_layers)
-        self.max_positions = int(backbone.model.config.text_config.max_position_embeddings)
-        if self.hcfg.compact_margin >= self.max_positions:
-            raise ConfigError(f"hermes compact_margin ({self.hcfg.compact_margin}) must be below the model's "
+        self.roles = hl.layer_roles(config, spec.n_layers)
+        self.max_positions = spec.max_positions
+        if config.compact_margin >= self.max_positions:
+            raise ConfigError(f"hermes compact_margin ({config.compact_margin}) must be below the model's "
                               f"{self.max_positions} positions.")
         empty = torch.empty(1, spec.n_kv_heads, 0, spec.head_dim, device=self.device, dtype=backbone.dtype)
         none = torch.empty(0, dtype=torch.long)
         self.layers = [LayerMemory(empty, empty, none, none, torch.empty(3, 0, dtype=torch.long))
                        for _ in range(spec.n_layers)]
-        self.chunk_blocks = self.hcfg.chunk_frames // 2
+        self.chunk_blocks = config.chunk_frames // spec.frames_per_block
         self.since_compress = 0  # blocks ingested since the last compression
         self.compressions = 0
         self.compactions = 0
@@ -146,7 +138,7 @@ class HermesMemory(KVMemory):
 
     # ---- sizes --------------------------------------------------------------------------------
     def device_bytes(self) -> int:
-        total = sum(t.numel() * t.element_size() for kv in self.sinks if kv is not None for t in kv)
+        total = self.sink_bytes()
         for s in self.layers:
             total += sum(t.numel() * t.element_size() for t in (s.keys, s.values, s.sum_k, s.sum_v) if t is not None)
         return total
@@ -154,36 +146,29 @@ class HermesMemory(KVMemory):
     def host_bytes(self) -> int:
         return 0
 
-    def stats(self) -> dict:
-        """Sizes for `Stream.stats()`.
+    def tokens_stored(self) -> int:
+        """Every layer keeps its own top-`budget` tokens: the fullest layer's count (summary excluded)."""
+        return max(s.n for s in self.layers)
 
-        Every layer keeps the same number of tokens (its own top-`budget`), so tokens_stored is the
-        held visual tokens of one layer (the max over layers, summary excluded); tokens_per_layer
-        lists each layer's count and summary_tokens each layer's summary (0 or 1).
-        compression_ratio = tokens_raw / mean held per layer; window_tokens = tokens of blocks
-        waiting for the next compression (they are part of the held counts).
-        """
+    def mean_tokens_held(self) -> float:
+        return sum(s.n for s in self.layers) / len(self.layers)
+
+    def window_tokens(self) -> int:
+        """Tokens of the blocks waiting for the next compression (part of the held counts)."""
         n = len(self.blocks)
-        held = [s.n for s in self.layers]
-        stored = max(held)
-        mean_held = sum(held) / len(held)
-        raw = sum(b.grid[0] * b.grid[1] for b in self.blocks)
-        pending = sum(b.n_tokens for b in self.blocks[n - self.since_compress:]) if self.since_compress else 0
+        return sum(b.n_tokens for b in self.blocks[n - self.since_compress:]) if self.since_compress else 0
+
+    def stats(self) -> dict:
+        """The base sizes (tokens_stored = the fullest layer; compression_ratio = tokens_raw / mean held per
+        layer; window_tokens = tokens waiting for the next compression) plus tokens_per_layer, each layer's
+        summary token (0 or 1), the budget and the counts of compressions and compactions."""
         return {
-            "tokens_stored": stored,
-            "tokens_raw": raw,
-            "compression_ratio": raw / mean_held if mean_held else None,
-            "tokens_per_block": stored / n if n else None,
-            "bytes_per_block": stored * self.kv_bytes_per_token() / n if n else None,
-            "sink_tokens": self.n_sink,
-            "window_tokens": pending,
-            "tokens_per_layer": held,
+            **super().stats(),
+            "tokens_per_layer": [s.n for s in self.layers],
             "summary_tokens": [int(s.count > 0) for s in self.layers],
-            "budget": self.hcfg.budget,
+            "budget": self.cfg.budget,
             "compressions": self.compressions,
             "compactions": self.compactions,
-            "bytes_host": self.host_bytes(),
-            "bytes_device": self.device_bytes(),
         }
 
     # ---- ingestion ----------------------------------------------------------------------------
@@ -212,14 +197,14 @@ class HermesMemory(KVMemory):
             pos, t_off = tracker.block(gh, gw)  # [3, gh*gw]; tracker.blocks is the next temporal slot
             cells = torch.arange(gh * gw) if token_index is None else token_index.long().cpu()
             pos = pos[:, cells]
-            cache = _HermesIngestCache(self, layers)
-            self._run_ingest(cache, tokens, pos)
+            cache = IngestCache(self.spec.n_layers, lambda layer: self.context(layer, layers[layer]))
+            self.run_forward(cache, tokens, pos)
             index = len(self.blocks)
             layers = [s.append(k, v, index, cells, pos) for s, (k, v) in zip(layers, cache.new)]
             chunk_done = self.since_compress + 1 >= self.chunk_blocks
             if chunk_done:
                 layers = self._compress(layers)
-                if self.hcfg.positions == "eager":
+                if self.cfg.positions == "eager":
                     layers, compacted = self._compact(layers, grid), compacted + 1
         except BaseException:
             tracker.video_start, tracker.next_text, tracker.blocks = saved
@@ -234,7 +219,7 @@ class HermesMemory(KVMemory):
 
     def _compress(self, layers: list[LayerMemory]) -> list[LayerMemory]:
         """Keep each layer's top-`budget` tokens; deep layers fold the rest into their summary."""
-        budget = self.hcfg.budget
+        budget = self.cfg.budget
         if all(s.n <= budget for s in layers):
             return layers
         attn = self._pseudo_attention(layers)
@@ -245,7 +230,7 @@ class HermesMemory(KVMemory):
         for state, score, role in zip(layers, scores, self.roles):
             keep = hl.select_top(score, budget)
             nxt = state.subset(keep)
-            if role.name == "deep" and self.hcfg.summary:
+            if role.name == "deep" and self.cfg.summary:
                 dropped = torch.ones(state.n, dtype=torch.bool)
                 dropped[keep] = False
                 nxt = self._fold(nxt, state.subset(dropped.nonzero().flatten()))
@@ -267,12 +252,8 @@ class HermesMemory(KVMemory):
         total = [torch.zeros(s.n) for s in layers]
         prompts = self._pseudo_prompts()
         for ids, rows in prompts:
-            cache = _ReadCache(self, layers, start, rows)
-            self.bb.capture = cache.capture
-            try:
-                self.bb.decode(self.bb.embed(ids), text_positions(start, len(ids)), cache, logits=False)
-            finally:
-                self.bb.capture = None
+            cache = HermesReadCache(self, layers, start, rows)
+            self.bb.decode(self.bb.embed(ids), self.positions.text_at(start, len(ids)), cache, logits=False)
             for layer, mass in enumerate(cache.held_mass()):
                 total[layer] += mass
         return [t / len(prompts) for t in total]
@@ -281,14 +262,14 @@ class HermesMemory(KVMemory):
         """Token ids of each pseudo question laid out as a question after the video (prefixed by the
         last exchange when there was one), with the slice of the pseudo question's own tokens."""
         if self._prompts_cache is None:
-            tok = self.bb.tokenize
-            head = "<|vision_end|>"
+            tok, chat = self.bb.tokenize, self.bb.chat
+            head = chat.after_video
             if self.last_exchange is not None:
                 q, a = self.last_exchange
-                head += f"{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n<|im_start|>user\n"
-            head_ids, tail_ids = tok(head), tok("<|im_end|>\n<|im_start|>assistant\n")
+                head += f"{q}{chat.assistant_turn}{a}{chat.next_user_turn}"
+            head_ids, tail_ids = tok(head), tok(chat.assistant_turn)
             self._prompts_cache = []
-            for text in self.hcfg.pseudo_questions:
+            for text in self.cfg.pseudo_questions:
                 body = tok(text)
                 self._prompts_cache.append((head_ids + body + tail_ids,
                                             slice(len(head_ids), len(head_ids) + len(body))))
@@ -301,7 +282,7 @@ class HermesMemory(KVMemory):
         if tracker.video_start is None:
             return False
         t_off = block_t_offset(tracker.blocks, tracker.interval)
-        return block_max_position(tracker.video_start, t_off, gh, gw) >= self.max_positions - self.hcfg.compact_margin
+        return block_max_position(tracker.video_start, t_off, gh, gw) >= self.max_positions - self.cfg.compact_margin
 
     def _compact(self, layers: list[LayerMemory], grid: tuple[int, int]) -> list[LayerMemory]:
         """Put each layer's held blocks in temporal slots 0, 1, ... (time order), re-rotating their
@@ -324,8 +305,8 @@ class HermesMemory(KVMemory):
         tracker.blocks = slots
         tracker.next_text = max(self.n_sink, block_max_position(start, block_t_offset(slots - 1, interval), gh, gw) + 1)
         if self._near_position_limit(gh, gw):
-            raise ConfigError(f"The hermes budget ({self.hcfg.budget} tokens) spans more positions than the model's "
-                              f"{self.max_positions} allow with compact_margin {self.hcfg.compact_margin}; "
+            raise ConfigError(f"The hermes budget ({self.cfg.budget} tokens) spans more positions than the model's "
+                              f"{self.max_positions} allow with compact_margin {self.cfg.compact_margin}; "
                               f"lower one of them.")
         return out
 
@@ -333,10 +314,10 @@ class HermesMemory(KVMemory):
     def question_start(self) -> int:
         return self.positions.next_text
 
-    def question_cache(self, query_slice: slice, query_text: str = "") -> _ReadCache:
+    def question_cache(self, query_slice: slice, query_text: str = "") -> HermesReadCache:
         """A plain prefill + decoding over sinks + summary + held tokens; the question's tokens
         (`query_slice`) record their attention per block for the trace."""
-        return _ReadCache(self, self.layers, self.question_start(), query_slice)
+        return HermesReadCache(self, self.layers, self.question_start(), query_slice)
 
     def after_answer(self, question: str, answer: str) -> None:
         """Later pseudo questions are prefixed by this exchange."""
@@ -344,20 +325,7 @@ class HermesMemory(KVMemory):
         self._prompts_cache = None
 
 
-class _HermesIngestCache(_IngestCache):
-    """Ingest forward: a block attends to sinks + summary + held (of the state being built)."""
-
-    def __init__(self, mem: HermesMemory, layers: list[LayerMemory]):
-        super().__init__(mem, with_context=True)
-        self.layers = layers
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self.new[layer] = (k, v)
-        ck, cv = self.mem.context(layer, self.layers[layer])
-        return torch.cat([ck, k], -2), torch.cat([cv, v], -2)
-
-
-class _ReadCache:
+class HermesReadCache:
     """A forward that reads the memory without changing it (pseudo questions and real questions).
 
     The prefill attends to sinks + summary + held; later decoding steps grow a private tail that
@@ -401,7 +369,8 @@ class _ReadCache:
         n_new = new.shape[-2]
         ctx = self.context[layer][0]
         rows = torch.arange(n_new)[self.rows]  # [Sq] index among the prompt's tokens
-        q_rot = self.mem.bb.rotate_keys(q.transpose(0, 1), text_positions(self.start, n_new)[:, rows])  # [Hq, Sq, d]
+        where = self.mem.positions.text_at(self.start, n_new)[:, rows]  # [P, Sq]
+        q_rot = self.mem.bb.rotate_keys(q.transpose(0, 1), where)  # [Hq, Sq, d]
         mass = hl.attention_mass(q_rot, ctx[0], new[0], rows, self.mem.spec.head_dim ** -0.5)  # [K_ctx + S]
         return mass[: ctx.shape[-2]].cpu()
 
@@ -413,7 +382,7 @@ class _ReadCache:
             out.append(torch.zeros(state.n) if mass is None else mass[mass.numel() - state.n:])
         return out
 
-    def trace(self, policy: str) -> RetrievalTrace:
+    def trace(self) -> RetrievalTrace:
         """internal[l, b]: the question's attention mass on block b's tokens held in layer l (0 when
         it holds none); selected[l]: blocks layer l holds a token of; kept[l, b]: how many."""
         n = len(self.mem.blocks)
@@ -424,4 +393,5 @@ class _ReadCache:
             count = torch.bincount(state.block, minlength=n)
             kept.append(count)
             selected.append(count.nonzero().flatten())
-        return RetrievalTrace.build(times, torch.stack(internal), selected, policy=policy, kept=torch.stack(kept))
+        return RetrievalTrace.build(times, torch.stack(internal), selected, policy=self.mem.policy,
+                                    kept=torch.stack(kept))

@@ -1,6 +1,6 @@
 """MemStream's memory (DESIGN.md 2.3): ReKV's layout with three remedies for its temporal bias.
 
-Policies (all built here, see memory.POLICY_REGISTRY):
+Policies (all built from `MemStreamMemory`, its remedies switched by constructor flags):
 
     memstream           compression + AKS + rank fusion of internal and external retrieval
                         (without an expert: internal retrieval only, like memstream-internal)
@@ -27,32 +27,77 @@ Per block, in order:
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .backbone import Backbone
-from .errors import ConfigError
-from .fusion import rank_fuse
-from .keyselect import compress_keep, least_similar, resolve_count, token_cosine
-from .memory import BlockInfo, KVMemory, MemoryConfig, QuestionCache, RowBuffer, _IngestCache
-from .retrieval import select_blocks
-from .trace import RetrievalTrace
+from ..backbones import Backbone
+from ..checks import is_count_or_fraction, is_number
+from ..errors import ConfigError
+from ..fusion import rank_fuse
+from ..keyselect import compress_keep, least_similar, resolve_count, token_cosine
+from ..retrieval import select_blocks
+from ..store import RowBuffer
+from ..trace import RetrievalTrace
+from .base import BlockInfo, IngestCache, need
+from .rekv import RekvConfig, RekvMemory, RetrievalQuestionCache
+
+RANKINGS = ("fused", "internal", "external")
 
 
-class MemStreamMemory(KVMemory):
-    """KVMemory with patch compression, adaptive key selection and an external expert (see module doc)."""
+@dataclass(frozen=True)
+class MemStreamConfig(RekvConfig):
+    aks_keep: int | float = 0.25  # AKS: tokens of each past block the window keeps: a count (64) or a fraction (0.25)
+    aks_scope: str = "layer"  # AKS chooses per "layer" (heads together) or per KV "head"
+    compress_threshold: float | None = 0.95  # drop patches whose cosine to the last stored one exceeds this; None = off
+    compress_floor: int | float = 0.05  # tokens always stored per block: a count or a fraction
+    fusion_c: float = 60.0  # rank fusion constant c in sum_e w_e / (c + rank_e)
+    fusion_weights: tuple[float, float] = (1.0, 1.0)  # rank fusion weights (internal, external)
 
-    def __init__(self, backbone: Backbone, config: MemoryConfig, interval: float, expert: Any = None):
-        super().__init__(backbone, config, interval)
-        policy = config.policy
-        if policy == "external" and expert is None:
-            raise ConfigError("Policy 'external' ranks blocks with an external expert; load the engine with "
+    QUESTION_TIME = RekvConfig.QUESTION_TIME + ("fusion_c", "fusion_weights")
+
+    def validate(self) -> None:
+        super().validate()
+        need(is_count_or_fraction(self.aks_keep),
+             f"aks_keep must be a token count (integer >= 1) or a fraction in (0, 1], got {self.aks_keep!r}.")
+        need(self.aks_scope in ("layer", "head"), f"aks_scope must be 'layer' or 'head', got {self.aks_scope!r}.")
+        need(self.compress_threshold is None or (is_number(self.compress_threshold)
+                                                 and -1.0 <= self.compress_threshold <= 1.0),
+             f"compress_threshold must be a cosine in [-1, 1] or None (off), got {self.compress_threshold!r}.")
+        need(is_count_or_fraction(self.compress_floor),
+             f"compress_floor must be a token count (integer >= 1) or a fraction in (0, 1], "
+             f"got {self.compress_floor!r}.")
+        need(is_number(self.fusion_c) and math.isfinite(self.fusion_c) and self.fusion_c >= 0,
+             f"fusion_c must be a non-negative number, got {self.fusion_c!r}.")
+        w = self.fusion_weights
+        need(isinstance(w, tuple | list) and len(w) == 2 and all(is_number(x) and math.isfinite(x) and x >= 0
+                                                                  for x in w) and sum(w) > 0,
+             f"fusion_weights must be two non-negative numbers (internal, external), not both 0, got {w!r}.")
+        object.__setattr__(self, "fusion_weights", (float(w[0]), float(w[1])))
+
+
+class MemStreamMemory(RekvMemory):
+    """ReKV's memory with patch compression, adaptive key selection and an external expert (module doc).
+
+    The variants differ only in these flags: `compress` (remedy 3; also off when compress_threshold is
+    None), `aks` (remedy 2; off = ReKV's dense window and mean key) and `ranking`: "fused" (rank fusion of
+    internal and external scores; internal only without an expert), "internal" or "external" (needs one).
+    """
+
+    def __init__(self, backbone: Backbone, config: MemStreamConfig, *, fps: float, expert: Any = None,
+                 compress: bool = True, aks: bool = True, ranking: str = "fused"):
+        super().__init__(backbone, config, fps=fps, expert=expert if ranking != "internal" else None)
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+        if ranking == "external" and expert is None:
+            raise ConfigError("This policy ranks blocks with an external expert only; load the engine with "
                               "expert='clip-b32' (or 'tiny' offline), or pick another policy.")
-        self.expert = expert if policy in ("memstream", "external") else None  # memstream-internal ignores it
-        self.compress = policy != "external" and config.compress_threshold is not None  # remedy 3
-        self.aks = policy != "external"  # remedy 2; off = ReKV's dense window and mean key
+        self.ranking = ranking
+        self.compress = compress and config.compress_threshold is not None  # remedy 3
+        self.aks = aks  # remedy 2
         self.cell_ref: torch.Tensor | None = None  # [gh*gw, hidden]: embedding last stored at each cell
         self.key_ref: list[torch.Tensor | None] = [None] * self.spec.n_layers  # per layer [gh*gw, Hkv, d]
         self.frame_mean = RowBuffer()  # [N, D] float32 CPU: mean of each block's unit frame embeddings
@@ -61,13 +106,13 @@ class MemStreamMemory(KVMemory):
     # ---- ingestion ----------------------------------------------------------------------------
     def ingest_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int],
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
-        """Compress, then ingest as KVMemory does (all-or-nothing), then update the references.
+        """Compress, then ingest as the window memory does (all-or-nothing), then update the references.
 
         tokens [gh*gw, hidden]; frame_embeds [F, D] (needed when the memory has an expert).
         `token_index` may be given only with compression off (compression chooses the cells itself).
         """
         cells = grid[0] * grid[1]
-        frame_mean = self._frame_mean(frame_embeds)  # checked before anything changes
+        frame_mean = self.block_frame_mean(frame_embeds)  # checked before anything changes
         stored = tokens
         if self.compress:
             if token_index is not None:
@@ -89,7 +134,7 @@ class MemStreamMemory(KVMemory):
             self.frame_mean.append(frame_mean[None])
         return info
 
-    def _frame_mean(self, frame_embeds: torch.Tensor | None) -> torch.Tensor | None:
+    def block_frame_mean(self, frame_embeds: torch.Tensor | None) -> torch.Tensor | None:
         """The block's mean unit frame embedding [D] (None without an expert).
 
         With a unit text embedding t, mean_f cos(f, t) = mean_f (f/|f|) . t = (mean_f f/|f|) . t: the mean of
@@ -103,10 +148,10 @@ class MemStreamMemory(KVMemory):
             raise ValueError(f"this memory has an external expert and needs frame_embeds [F, D] per block, got {shape}")
         return F.normalize(frame_embeds.detach().float().cpu(), dim=-1).mean(dim=0)
 
-    def _commit(self, cache: _IngestCache, info: BlockInfo) -> None:
+    def commit(self, cache: IngestCache, info: BlockInfo) -> None:
         """AKS: the window and the representative key get the block's kept tokens; the store gets all."""
         if not self.aks:
-            super()._commit(cache, info)
+            super().commit(cache, info)
             self.kept.append(info.n_tokens)
             return
         gh, gw = info.grid
@@ -125,9 +170,9 @@ class MemStreamMemory(KVMemory):
                 continue
             sim = token_cosine(free, self.key_ref[layer][cells], per_head)  # [n] or [n, Hkv]
             keep = least_similar(sim, count)  # [count] or [Hkv, count]
-            kept.append(_gather_kept(k, v, free, keep))
+            kept.append(gather_kept(k, v, free, keep))
         for layer, (wk, wv, rep) in enumerate(kept):
-            self._append_window(layer, wk, wv)
+            self.append_window(layer, wk, wv)
             self.rep[layer].append(rep)  # [1, Hkv, d]
             free = cache.keys_free[layer]
             if first:
@@ -160,7 +205,7 @@ class MemStreamMemory(KVMemory):
         return super().device_bytes() + sum(r.numel() * r.element_size() for r in refs)
 
     def stats(self) -> dict:
-        """KVMemory's sizes plus: aks_kept_tokens (tokens of each block the sparse window and the
+        """The window memory's sizes plus: aks_kept_tokens (tokens of each block the sparse window and the
         representative key use, mean over blocks; the first block keeps all), aks_kept_fraction
         (kept / stored), tokens_dropped (by compression), bytes_external (the stored frame embeddings),
         bytes_references (the per-cell compression and AKS references) and which remedies are on."""
@@ -180,7 +225,7 @@ class MemStreamMemory(KVMemory):
         return st
 
 
-def _gather_kept(k: torch.Tensor, v: torch.Tensor, free: torch.Tensor,
+def gather_kept(k: torch.Tensor, v: torch.Tensor, free: torch.Tensor,
                  keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kept tokens of one layer: window keys/values [1, Hkv, count, d] and the representative key
     [1, Hkv, d]. keep: LongTensor [count] (one choice for all heads) or [Hkv, count] (one per head)."""
@@ -193,8 +238,10 @@ def _gather_kept(k: torch.Tensor, v: torch.Tensor, free: torch.Tensor,
     return k.gather(2, idx), v.gather(2, idx), rep
 
 
-class MemStreamQuestionCache(QuestionCache):
-    """Per-layer retrieval by fused rank (memstream), external rank (external) or internal score."""
+class MemStreamQuestionCache(RetrievalQuestionCache):
+    """Per-layer retrieval by fused rank ("fused"), external rank ("external") or internal score."""
+
+    mem: MemStreamMemory
 
     def __init__(self, mem: MemStreamMemory, query_slice: slice, query_text: str = ""):
         super().__init__(mem, query_slice)
@@ -204,9 +251,9 @@ class MemStreamQuestionCache(QuestionCache):
 
     def select(self, layer: int, scores: torch.Tensor) -> torch.Tensor:
         cfg = self.mem.cfg
-        if self.external is None:  # memstream-internal, or memstream without an expert
+        if self.external is None:  # ranking "internal", or "fused" without an expert
             key = scores
-        elif cfg.policy == "external":
+        elif self.mem.ranking == "external":
             key = self.external.to(scores.device)
         else:
             key = rank_fuse([scores, self.external.to(scores.device)], cfg.fusion_weights, cfg.fusion_c)
@@ -214,16 +261,16 @@ class MemStreamQuestionCache(QuestionCache):
         # one implementation of top-k, chunks and tie-breaking for every policy
         return select_blocks(key, cfg.topk, cfg.chunk_size)
 
-    def trace(self, policy: str) -> RetrievalTrace:
+    def trace(self) -> RetrievalTrace:
         """internal [L, N] raw; external [N] or None; fused [N]: rank fusion of internal_agg and external
-        (memstream), the external scores (external), or internal_agg (no expert)."""
-        cfg = self.mem.cfg
-        times = torch.tensor([b.start_s for b in self.mem.blocks])
+        ("fused"), the external scores ("external"), or internal_agg (no expert)."""
+        cfg, policy = self.mem.cfg, self.mem.policy
+        times = self.mem.block_times()
         internal = torch.stack([s.float().cpu() for s in self.record.scores])
         trace = RetrievalTrace.build(times, internal, self.record.selected, external=self.external, policy=policy)
         if self.external is None:
             return trace
-        fused = self.external if cfg.policy == "external" else \
+        fused = self.external if self.mem.ranking == "external" else \
             rank_fuse([trace.internal_agg, self.external], cfg.fusion_weights, cfg.fusion_c)
         return RetrievalTrace.build(times, internal, self.record.selected, external=self.external, fused=fused,
                                     policy=policy)

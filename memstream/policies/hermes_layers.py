@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .retrieval import minmax
+from ..retrieval import minmax
 
 # Token identity = block * CELL_SPAN + cell; a block has at most 2 * 16384 cells (tokens_per_frame <= 16384).
 CELL_SPAN = 1 << 20
