@@ -28,6 +28,7 @@ from . import video
 from .backbone import Backbone, load_backbone
 from .config import RETRIEVAL_FIELDS, StreamConfig, check_question, check_times, is_number
 from .errors import ConfigError, EmptyMemoryError, InputError
+from .feed import VideoFeed
 from .memory import NEEDS_EXPERT, USES_EXPERT, build_memory
 from .positions import block_interval
 from .prompt import question_ids, sink_text
@@ -173,24 +174,15 @@ class Stream:
         if pace is not None and not (is_number(pace) and pace > 0):
             raise ConfigError(f"pace must be a positive multiple of real time or None, got {pace!r}.")
         start = 0.0 if self._last_time is None else self._last_time + 1.0 / self.config.fps
-        added, batch, batch_t = 0, [], []
-        chunk = 2 if pace else 2 * self.config.encode_batch  # paced: each block as soon as it is whole
-        wall0 = time.perf_counter()
-        for frame, t in video.sample_frames(path, self.config.fps):
-            if self._closed.is_set() or (max_seconds is not None and t > max_seconds):
-                break
-            if pace:
-                time.sleep(max(0.0, wall0 + t / pace - time.perf_counter()))
-            batch.append(frame)
-            batch_t.append(start + t)
-            if len(batch) == chunk:
-                added += self.add_frames(np.stack(batch), batch_t)
-                batch, batch_t = [], []
-        if self._closed.is_set():
-            return added
-        if batch:
-            added += self.add_frames(np.stack(batch), batch_t)
-        return added + self.flush()
+        # paced: each block as soon as it is whole; otherwise several blocks per vision-tower call.
+        # The stop is polled (not waited on): a paced replay sleeps between frames and close() takes
+        # effect at the next frame, before its block is ingested.
+        feed = VideoFeed(path, self.config.fps, [self], batch_frames=2 if pace else 2 * self.config.encode_batch,
+                         pace=pace, stop=self._closed.is_set, time_offset_s=start)
+        try:
+            return feed.run(max_seconds)
+        finally:
+            feed.close()
 
     def close(self) -> None:
         """Stop ingestion (a running `add_video` returns after its current block) and refuse new
