@@ -27,6 +27,7 @@ import torch
 from . import video
 from .backbone import Backbone, load_backbone
 from .config import RETRIEVAL_FIELDS, StreamConfig, check_question, check_times, is_number
+from .decoding import IncrementalDetokenizer, greedy_tokens
 from .errors import ConfigError, EmptyMemoryError, InputError
 from .feed import VideoFeed
 from .memory import NEEDS_EXPERT, USES_EXPERT, build_memory
@@ -290,22 +291,17 @@ class Stream:
         base = Answer(question=question, text="", token_ids=[], ttft_s=ttft, first_logits=first, trace=None,
                       asked_at_s=self.seconds(), frames_seen=self._frames_in_blocks, blocks_seen=len(blocks),
                       tokens_seen=mem.stats()["tokens_stored"], policy=self.config.policy, done=False)
-        generated: list[int] = []
-        nxt = start + len(ids)
-        while len(generated) < max_new_tokens:
-            tok = int(logits.argmax())
-            if tok in bb.eos_ids:
-                break
-            generated.append(tok)
-            yield replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                          token_ids=list(generated), total_s=time.perf_counter() - t0)
-            if len(generated) == max_new_tokens:
-                break
-            logits = bb.decode(bb.embed([tok]), torch.full((3, 1), nxt), cache)
-            nxt += 1
-        final = replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                        token_ids=generated, done=True, trace=cache.trace(self.config.policy),
-                        total_s=time.perf_counter() - t0)
+
+        def step(token: int, position: int) -> torch.Tensor:  # one generated token over the question's cache
+            return bb.decode(bb.embed([token]), torch.full((3, 1), position), cache)
+
+        detok = IncrementalDetokenizer(bb.tokenizer)
+        for token in greedy_tokens(logits, step, start_position=start + len(ids), max_new_tokens=max_new_tokens,
+                                   eos_ids=bb.eos_ids):
+            detok.add(token)
+            yield replace(base, text=detok.text, token_ids=list(detok.token_ids), total_s=time.perf_counter() - t0)
+        final = replace(base, text=detok.finish(), token_ids=detok.token_ids, done=True,
+                        trace=cache.trace(self.config.policy), total_s=time.perf_counter() - t0)
         mem.after_answer(question, final.text)
         yield final
 

@@ -16,6 +16,7 @@ import torch
 from . import video
 from .backbone import Backbone
 from .config import StreamConfig, check_question, check_times
+from .decoding import IncrementalDetokenizer, greedy_tokens
 from .positions import PositionTracker, block_interval
 from .prompt import question_ids, sink_text
 from .trace import Answer
@@ -56,19 +57,20 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
                    position_ids=torch.cat(pos, dim=1).unsqueeze(1).to(bb.device), use_cache=True)
     first = out.logits[0, -1].float()
     ttft = time.perf_counter() - t0
-    generated, logits, cache, nxt = [], first, out.past_key_values, start + len(q_ids)
-    while len(generated) < max_new_tokens:
-        tok = int(logits.argmax())
-        if tok in bb.eos_ids:
-            break
-        generated.append(tok)
-        if len(generated) == max_new_tokens:
-            break
-        out = bb.model(input_ids=torch.tensor([[tok]], device=bb.device), past_key_values=cache,
-                       position_ids=torch.full((3, 1, 1), nxt, device=bb.device), use_cache=True)
-        logits, cache, nxt = out.logits[0, -1].float(), out.past_key_values, nxt + 1
-    return Answer(question=q, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                  token_ids=generated, ttft_s=ttft, first_logits=first.cpu(), trace=None,
-                  asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps, frames_seen=n_frames,
-                  blocks_seen=n_blocks, tokens_seen=n_blocks * gh * gw, policy="offline",
+    cache = out.past_key_values  # the stock model's own KV cache
+
+    def step(token: int, position: int) -> torch.Tensor:
+        nonlocal cache
+        out = bb.model(input_ids=torch.tensor([[token]], device=bb.device), past_key_values=cache,
+                       position_ids=torch.full((3, 1, 1), position, device=bb.device), use_cache=True)
+        cache = out.past_key_values
+        return out.logits[0, -1].float()
+
+    detok = IncrementalDetokenizer(bb.tokenizer)
+    for token in greedy_tokens(first, step, start_position=start + len(q_ids), max_new_tokens=max_new_tokens,
+                               eos_ids=bb.eos_ids):
+        detok.add(token)
+    return Answer(question=q, text=detok.finish(), token_ids=detok.token_ids, ttft_s=ttft,
+                  first_logits=first.cpu(), trace=None, asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps,
+                  frames_seen=n_frames, blocks_seen=n_blocks, tokens_seen=n_blocks * gh * gw, policy="offline",
                   total_s=time.perf_counter() - t0)
