@@ -28,7 +28,9 @@ from . import video
 from .backbones import Backbone, load_backbone
 from .checks import check_question, check_times, is_number
 from .config import StreamConfig
+from .decoding import IncrementalDetokenizer, greedy_tokens
 from .errors import ConfigError, EmptyMemoryError, InputError
+from .feed import VideoFeed
 from .policies import build_memory, policy_spec
 from .prompt import question_ids, sink_ids
 from .reference import reference_answer
@@ -173,24 +175,16 @@ class Stream:
         if pace is not None and not (is_number(pace) and pace > 0):
             raise ConfigError(f"pace must be a positive multiple of real time or None, got {pace!r}.")
         start = 0.0 if self._last_time is None else self._last_time + 1.0 / self.config.fps
-        added, batch, batch_t = 0, [], []
-        chunk = 2 if pace else 2 * self.config.encode_batch  # paced: each block as soon as it is whole
-        wall0 = time.perf_counter()
-        for frame, t in video.sample_frames(path, self.config.fps):
-            if self._closed.is_set() or (max_seconds is not None and t > max_seconds):
-                break
-            if pace:
-                time.sleep(max(0.0, wall0 + t / pace - time.perf_counter()))
-            batch.append(frame)
-            batch_t.append(start + t)
-            if len(batch) == chunk:
-                added += self.add_frames(np.stack(batch), batch_t)
-                batch, batch_t = [], []
-        if self._closed.is_set():
-            return added
-        if batch:
-            added += self.add_frames(np.stack(batch), batch_t)
-        return added + self.flush()
+        # paced: each block as soon as it is whole; otherwise several blocks per vision-tower call.
+        # The stop is polled (not waited on): a paced replay sleeps between frames and close() takes
+        # effect at the next frame, before its block is ingested.
+        per = self._bb.spec.frames_per_block
+        feed = VideoFeed(path, self.config.fps, [self], batch_frames=per if pace else per * self.config.encode_batch,
+                         pace=pace, stop=self._closed.is_set, time_offset_s=start)
+        try:
+            return feed.run(max_seconds)
+        finally:
+            feed.close()
 
     def close(self) -> None:
         """Stop ingestion (a running `add_video` returns after its current block) and refuse new
@@ -291,22 +285,17 @@ class Stream:
         base = Answer(question=question, text="", token_ids=[], ttft_s=ttft, first_logits=first, trace=None,
                       asked_at_s=self.seconds(), frames_seen=self._frames_in_blocks, blocks_seen=len(blocks),
                       tokens_seen=mem.stats()["tokens_stored"], policy=self.config.policy, done=False)
-        generated: list[int] = []
-        nxt = start + len(ids)
-        while len(generated) < max_new_tokens:
-            tok = int(logits.argmax())
-            if tok in bb.eos_ids:
-                break
-            generated.append(tok)
-            yield replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                          token_ids=list(generated), total_s=time.perf_counter() - t0)
-            if len(generated) == max_new_tokens:
-                break
-            logits = bb.decode(bb.embed([tok]), mem.positions.text_at(nxt, 1), cache)
-            nxt += 1
-        final = replace(base, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                        token_ids=generated, done=True, trace=cache.trace(),
-                        total_s=time.perf_counter() - t0)
+
+        def step(token: int, position: int) -> torch.Tensor:  # one generated token over the question's cache
+            return bb.decode(bb.embed([token]), mem.positions.text_at(position, 1), cache)
+
+        detok = IncrementalDetokenizer(bb.tokenizer)
+        for token in greedy_tokens(logits, step, start_position=start + len(ids), max_new_tokens=max_new_tokens,
+                                   eos_ids=bb.eos_ids):
+            detok.add(token)
+            yield replace(base, text=detok.text, token_ids=list(detok.token_ids), total_s=time.perf_counter() - t0)
+        final = replace(base, text=detok.finish(), token_ids=detok.token_ids, done=True,
+                        trace=cache.trace(), total_s=time.perf_counter() - t0)
         mem.after_answer(question, final.text)
         yield final
 

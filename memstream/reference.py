@@ -18,6 +18,7 @@ from . import video
 from .backbones import Backbone
 from .checks import check_question, check_times
 from .config import StreamConfig
+from .decoding import IncrementalDetokenizer, greedy_tokens
 from .prompt import question_ids, sink_ids
 from .trace import Answer
 
@@ -54,18 +55,16 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     pos.append(tracker.text_at(start, len(q_ids)))
     first, cache = bb.stock_forward(sink, frames, q_ids, torch.cat(pos, dim=1))
     ttft = time.perf_counter() - t0
-    generated, logits, nxt = [], first, start + len(q_ids)
-    while len(generated) < max_new_tokens:
-        tok = int(logits.argmax())
-        if tok in bb.eos_ids:
-            break
-        generated.append(tok)
-        if len(generated) == max_new_tokens:
-            break
-        logits, cache = bb.stock_step(cache, tok, nxt)
-        nxt += 1
-    return Answer(question=q, text=bb.tokenizer.decode(generated, skip_special_tokens=True),
-                  token_ids=generated, ttft_s=ttft, first_logits=first.cpu(), trace=None,
-                  asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps, frames_seen=n_frames,
-                  blocks_seen=n_blocks, tokens_seen=n_blocks * gh * gw, policy="offline",
+    def step(token: int, position: int) -> torch.Tensor:
+        nonlocal cache
+        logits, cache = bb.stock_step(cache, token, position)  # the stock model's own KV cache
+        return logits
+
+    detok = IncrementalDetokenizer(bb.tokenizer)
+    for token in greedy_tokens(first, step, start_position=start + len(q_ids), max_new_tokens=max_new_tokens,
+                               eos_ids=bb.eos_ids):
+        detok.add(token)
+    return Answer(question=q, text=detok.finish(), token_ids=detok.token_ids, ttft_s=ttft,
+                  first_logits=first.cpu(), trace=None, asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps,
+                  frames_seen=n_frames, blocks_seen=n_blocks, tokens_seen=n_blocks * gh * gw, policy="offline",
                   total_s=time.perf_counter() - t0)

@@ -219,9 +219,44 @@ def _decord_reader(path: Path) -> Any:
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Check that `path` is a decodable video and describe it; raises VideoError if not.
 
-    A still image (PNG, JPEG...) that ffmpeg decodes is accepted as a 1-frame video.
+    A still image (PNG, JPEG...) that ffmpeg decodes is accepted as a 1-frame video. To sample
+    the file afterwards, `open_video` gives the same description without opening it twice.
     """
     return _open(path).info
+
+
+class OpenedVideo:
+    """A video file checked and opened once: its `info` (what `probe_video` reports) and lazy
+    sampling from that same opening, so that probing then sampling costs one open, not two."""
+
+    def __init__(self, opened: _Opened):
+        self._opened = opened
+        self.info: VideoInfo = opened.info
+
+    def frames(self, fps: float, chunk: int = 32) -> Iterator[tuple[np.ndarray, float]]:
+        """Yield (frame uint8 [H, W, 3] at native size, time in s) as `sample_frames` does.
+
+        Each call starts again at the beginning of the file. With decord the calls share one
+        reader, so consume them one at a time (one thread).
+        """
+        _check_sampling(fps, None, chunk)
+        opened = self._opened
+        return _iter_decord(opened, float(fps), int(chunk)) if opened.reader else _iter_pyav(opened, float(fps))
+
+
+def open_video(path: str | os.PathLike) -> OpenedVideo:
+    """Check that `path` is a decodable video (VideoError with one sentence if not) and keep it
+    open for sampling: `open_video(p).info` is `probe_video(p)`, `.frames(fps)` is `sample_frames`."""
+    return OpenedVideo(_open(path))
+
+
+def _check_sampling(fps: float, max_frames: int | None, chunk: int) -> None:
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
+        raise ConfigError(f"Sampling fps must be a finite number above 0, got {fps!r}.")
+    if max_frames is not None and (not _is_int(max_frames) or max_frames < 1):
+        raise ConfigError(f"max_frames must be None or an integer of at least 1, got {max_frames!r}.")
+    if not _is_int(chunk) or chunk < 1:
+        raise ConfigError(f"chunk must be an integer of at least 1, got {chunk!r}.")
 
 
 def sample_frames(
@@ -236,14 +271,8 @@ def sample_frames(
     turns out truncated or damaged, the frames before the damage are yielded and a warning
     is issued.
     """
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-        raise ConfigError(f"Sampling fps must be a finite number above 0, got {fps!r}.")
-    if max_frames is not None and (not _is_int(max_frames) or max_frames < 1):
-        raise ConfigError(f"max_frames must be None or an integer of at least 1, got {max_frames!r}.")
-    if not _is_int(chunk) or chunk < 1:
-        raise ConfigError(f"chunk must be an integer of at least 1, got {chunk!r}.")
-    opened = _open(path)
-    frames = _iter_decord(opened, float(fps), int(chunk)) if opened.reader else _iter_pyav(opened, float(fps))
+    _check_sampling(fps, max_frames, chunk)  # before opening: a bad argument costs no decoding
+    frames = open_video(path).frames(fps, chunk)
     return frames if max_frames is None else islice(frames, int(max_frames))
 
 

@@ -58,7 +58,7 @@ def test_file_ingestion_question_and_record(manager):
     img, caption = res.thumbnails[0]
     assert img.dtype == np.uint8 and img.ndim == 3 and caption.endswith("layers")
     # the demo keeps one thumbnail per block (first frame, Limits.thumbnail_height px high)
-    assert len(s.thumbs) == st["blocks"] and all(t.shape[0] == manager.limits.thumbnail_height for t in s.thumbs)
+    assert len(s.thumbs) == st["blocks"] and all(t.shape[0] == manager.limits.thumbnail_height for t in s.thumbs.images)
 
 
 def test_bad_inputs_keep_the_session_working(manager, tmp_path):

@@ -5,9 +5,10 @@ No gradio here: `layout.py` turns these objects into components and events. One 
 browser tab (keyed by gradio's session hash), created on page load or on first use, closed when the
 tab closes, after `Limits.idle_timeout_s` without a user action, or when the page is reloaded.
 
-Ingestion runs in one daemon thread per session. A file is sampled with `memstream.video` and fed
-to every stream of the session (two in compare mode) one block (2 frames) at a time, so that a
-question waits at most one block and so that the session's memory cap is checked between blocks.
+Ingestion runs in one daemon thread per session. A file is opened once (when it is checked on
+upload) and fed by `memstream.feed.VideoFeed` to every stream of the session (two in compare mode)
+one block (2 frames) at a time, so that a question waits at most one block and so that the
+session's memory cap is checked between blocks.
 Webcam frames arrive from the browser through a small queue; the thread samples them at the
 stream's fps using their arrival times. A new source, or a setting that changes what the memory
 holds, closes the current streams and starts again; answers already given stay inspectable.
@@ -26,6 +27,7 @@ import numpy as np
 
 from memstream import video
 from memstream.errors import EmptyMemoryError, MemStreamError
+from memstream.feed import VideoFeed, hand_over
 
 from .state import PACES, Limits, Notice, Record, Result, Settings, Source
 
@@ -50,7 +52,8 @@ class Session:
         self.msg_record: dict[int, int] = {}  # chat message index -> record index
         self.last_active = time.monotonic()
         self.ingest_pos_s = 0.0  # stream time of the last frame handed to the memory
-        self.thumbs: list[np.ndarray] = []  # per block in memory: uint8 [h, w, 3] of its first frame
+        # per block in memory: its first frame, small (the demo's own pictures; the library keeps none)
+        self.thumbs = Thumbnails(limits.thumbnail_height, engine.backbone.spec.frames_per_block)
         self._generation = 0  # bumps on every restart; a thread of an older generation stops
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,7 +71,7 @@ class Session:
 
     # ---- sources -------------------------------------------------------------------------------
     def start_file(self, path: str | None, name: str | None = None) -> bool:
-        """Probe `path` and, if it is a usable video, ingest it into fresh memory. A bad file
+        """Open `path` and, if it is a usable video, ingest it into fresh memory. A bad file
         leaves the current memory and ingestion untouched. Returns whether it started."""
         self.touch()
         if not path:
@@ -76,15 +79,16 @@ class Session:
             return False
         label = name or path.rsplit("/", 1)[-1]
         try:
-            info = video.probe_video(path)
+            opened = video.open_video(path)  # checked here, sampled by the ingestion thread: one opening
         except MemStreamError as exc:
             what = (f"the memory keeps {self.source.name}" if self.source is not None
                     else "nothing was ingested")
             reason = str(exc).replace(str(path), label).rstrip(".")
             self.say(f"That file cannot be used: {reason}; {what}.", "error")
             return False
+        info = opened.info
         return self._restart(Source("file", label, path, info.duration_s),
-                             f"Ingesting {label} ({info.duration_s:.1f} s).")
+                             f"Ingesting {label} ({info.duration_s:.1f} s).", opened)
 
     def push_webcam(self, frame: np.ndarray | None) -> None:
         """A frame from the browser's webcam (uint8 [H, W, 3]); starts a live source if needed."""
@@ -151,8 +155,9 @@ class Session:
                 self.settings = old
             return self.notice.text
 
-    def _restart(self, source: Source, message: str) -> bool:
-        """Close the current streams and ingestion, open fresh streams for `source`, start the thread."""
+    def _restart(self, source: Source, message: str, opened: video.OpenedVideo | None = None) -> bool:
+        """Close the current streams and ingestion, open fresh streams for `source`, start the thread.
+        `opened`: the source file already opened by `start_file` (None: the thread opens it)."""
         with self.lock:
             try:
                 streams = [self.engine.stream(policy=p, **self.settings.stream_options(p))
@@ -165,17 +170,17 @@ class Session:
             self._stop = threading.Event()
             self.streams = streams
             self.source = source
-            self.thumbs = []
+            self.thumbs = Thumbnails(self.limits.thumbnail_height, self.engine.backbone.spec.frames_per_block)
             self.ingest_pos_s = 0.0
             self.state = "live" if source.kind == "webcam" else "ingesting"
             if source.kind == "webcam":
                 if self._cam_queue is None:
                     self._cam_queue = queue.Queue(maxsize=16)
-                target = self._run_webcam
+                target, feed_input = self._run_webcam, self._cam_queue
             else:
                 self._cam_queue = None
-                target = self._run_file
-            job = (target, self._generation, self._stop, streams, source, self._cam_queue)
+                target, feed_input = self._run_file, opened
+            job = (target, self._generation, self._stop, streams, source, feed_input)
             self._thread = threading.Thread(target=self._guard, args=job,
                                             name=f"ingest-{self.sid[:8]}", daemon=True)
             self.say(message)
@@ -189,9 +194,11 @@ class Session:
 
     # ---- ingestion thread ----------------------------------------------------------------------
     def _guard(self, target, generation: int, stop: threading.Event, streams: list, source: Source,
-               cam_queue: queue.Queue | None) -> None:
+               feed_input: queue.Queue | video.OpenedVideo | None) -> None:
+        """Run `target` (`_run_file` or `_run_webcam`); `feed_input`: the webcam's frame queue, or the
+        file opened by `start_file` (None: open it again, as a settings change does)."""
         try:
-            target(stop, streams, source, cam_queue)
+            target(stop, streams, source, feed_input)
         except MemStreamError as exc:
             if not stop.is_set():
                 with self.lock:
@@ -208,25 +215,18 @@ class Session:
                                  "ingested before stays usable.", "error")
 
     def _feed(self, stop: threading.Event, streams: list, frames: list, times: list[float]) -> bool:
-        """Hand frames to every stream; False once ingestion must end (stopped or over the cap)."""
+        """Hand webcam frames to every stream; False once ingestion must end (stopped or over the cap)."""
         if stop.is_set() or not frames:
             return not stop.is_set()
-        arr = np.stack(frames)
-        for i, s in enumerate(streams):
-            if stop.is_set():
-                return False
-            try:
-                added = s.add_frames(arr, times)
-            except MemStreamError:
-                if stop.is_set():  # the stream was closed under us by a restart
-                    return False
-                raise
-            if i == 0:  # every stream holds the same blocks: one thumbnail per block for all
-                self._keep_thumbnails(arr, added)
-        if stop.is_set():
+        if hand_over([*streams, self.thumbs], np.stack(frames), times, stop) is None or stop.is_set():
             return False
+        return self._after_batch(stop, streams, times)
+
+    def _after_batch(self, stop: threading.Event, streams: list, times: list[float]) -> bool:
+        """After every stream took a batch: move the position, check the memory cap (over it: say
+        so, set `stop` and return False)."""
         self.ingest_pos_s = float(times[-1]) + 1.0 / self.settings.fps
-        used = sum(_mb(s.stats()) for s in streams)
+        used = sum(_mb(s.stats()) for s in streams) + self.thumbs.nbytes / 2**20
         if used > self.limits.session_memory_mb:
             with self.lock:
                 if not stop.is_set():
@@ -238,41 +238,16 @@ class Session:
             return False
         return True
 
-    def _keep_thumbnails(self, frames: np.ndarray, blocks: int) -> None:
-        """Thumbnails of the first frame of each of the last `blocks` blocks fed from `frames` [T, H, W, 3]."""
-        per = len(frames) // blocks if blocks else 0
-        for b in range(blocks):
-            frame = frames[b * per]
-            h = self.limits.thumbnail_height
-            w = max(1, round(frame.shape[1] * h / frame.shape[0]))
-            self.thumbs.append(video.resize_frames(frame, (h, w))[0])
-
-    def _run_file(self, stop: threading.Event, streams: list, src: Source, _queue) -> None:
-        frames, times = [], []
-        wall0, pace_used = time.perf_counter(), None
-        for frame, t in video.sample_frames(src.path, self.settings.fps):
-            if stop.is_set():
-                return
-            pace = PACES.get(self.settings.pace)
-            if pace != pace_used:  # pacing may change while ingesting: re-anchor the clock
-                wall0, pace_used = time.perf_counter() - (t / pace if pace else 0.0), pace
-            if pace:
-                delay = wall0 + t / pace - time.perf_counter()
-                if stop.wait(max(0.0, delay)):
-                    return
-            frames.append(frame)
-            times.append(t)
-            if len(frames) == 2:
-                if not self._feed(stop, streams, frames, times):
-                    return
-                frames, times = [], []
-        if frames and not self._feed(stop, streams, frames, times):
-            return
-        for i, s in enumerate(streams):
-            if stop.is_set():
-                return
-            if s.flush() and i == 0 and frames:
-                self._keep_thumbnails(np.stack(frames[-1:]), 1)
+    def _run_file(self, stop: threading.Event, streams: list, src: Source, opened: video.OpenedVideo | None) -> None:
+        # one block per hand-over (a question waits at most one block; the cap is checked between
+        # blocks); the pace is read before every frame, as the settings may change it meanwhile
+        feed = VideoFeed(opened or src.path, self.settings.fps, [*streams, self.thumbs], batch_frames=2,
+                         pace=lambda: PACES.get(self.settings.pace), stop=stop,
+                         on_batch=lambda times: self._after_batch(stop, streams, times))
+        try:
+            feed.run()
+        finally:
+            feed.close()
         with self.lock:
             if stop.is_set():
                 return
@@ -360,7 +335,7 @@ class Session:
         picked = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0][: self.limits.max_thumbnails]
         out = []
         for b in sorted(picked):
-            img = self.thumbs[b] if b < len(self.thumbs) else None
+            img = self.thumbs.get(b)
             if img is not None:
                 out.append((img, f"{float(tr.block_times[b]):.1f} s · {counts[b]}/{n_layers} layers"))
         return out
@@ -401,6 +376,49 @@ class Session:
             self.streams = []
             self.records = []
             self.history = []
+
+
+class Thumbnails:
+    """The demo's picture of every block: its first frame, `height` px high (uint8 [h, w, 3]).
+
+    A feed target beside the streams: it is handed the same frames and groups them into blocks as a
+    stream does (`frames_per_block` at a time; `flush` closes a last, partial block), so thumbnail b
+    is block b of every stream of the session. The library keeps no pictures."""
+
+    def __init__(self, height: int, frames_per_block: int = 2):
+        self.height = height
+        self.per = frames_per_block
+        self.images: list[np.ndarray] = []
+        self._pending: list[np.ndarray] = []  # frames of a block not yet complete
+
+    def add_frames(self, frames: np.ndarray, times: list[float]) -> int:
+        self._pending.extend(frames)
+        whole = len(self._pending) // self.per * self.per
+        for first in self._pending[:whole:self.per]:
+            self._keep(first)
+        self._pending = self._pending[whole:]
+        return whole // self.per
+
+    def flush(self) -> int:
+        if not self._pending:
+            return 0
+        self._keep(self._pending[0])
+        self._pending = []
+        return 1
+
+    def get(self, block: int) -> np.ndarray | None:
+        return self.images[block] if 0 <= block < len(self.images) else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(img.nbytes for img in self.images)
+
+    def _keep(self, frame: np.ndarray) -> None:
+        w = max(1, round(frame.shape[1] * self.height / frame.shape[0]))
+        self.images.append(video.resize_frames(frame, (self.height, w))[0])
 
 
 def _mb(stats: dict) -> float:
