@@ -1,7 +1,8 @@
 """Command line: `python -m memstream ask VIDEO "QUESTION" [options]` and other subcommands.
 
 Bad input prints one sentence to stderr and exits 2; nothing prints a traceback unless
-MEMSTREAM_DEBUG=1 is set.
+MEMSTREAM_DEBUG=1 is set. `--plugin MODULE|FILE.py` (any subcommand, repeatable) loads code that
+registers policies first, so their names and options are flags like the built-ins' (`plugins.py`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from . import bench, evaluate
 from .engine import load
 from .errors import MemStreamError
 from .options import add_engine_arguments, add_stream_arguments, stream_options
+from .plugins import load_plugins, plugin_args
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m memstream",
                                 description="Streaming video question answering over a KV-cache memory.")
+    plugin = argparse.ArgumentParser(add_help=False)  # every subcommand takes it
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import a module or .py file that registers policies (repeatable)")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser = _with_parents(sub.add_parser, [plugin])
     ask = sub.add_parser("ask", help="ingest a video, then answer one question about it")
     ask.add_argument("video", help="path of the video file")
     ask.add_argument("question", help="the question, in quotes")
@@ -34,6 +40,22 @@ def _parser() -> argparse.ArgumentParser:
     bench.register(sub)
     evaluate.register(sub)
     return p
+
+
+def _with_parents(add_parser, parents):
+    """`add_parser` that gives every subcommand (and theirs) the shared `parents` options."""
+    def add(name, **kwargs):
+        parser = add_parser(name, parents=[*kwargs.pop("parents", []), *parents], **kwargs)
+        original = parser.add_subparsers
+
+        def add_subparsers(**kw):
+            group = original(**kw)
+            group.add_parser = _with_parents(group.add_parser, parents)
+            return group
+
+        parser.add_subparsers = add_subparsers
+        return parser
+    return add
 
 
 def _retrieval_summary(answer) -> str:
@@ -77,8 +99,16 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     debug = os.environ.get("MEMSTREAM_DEBUG") == "1"
+    try:
+        load_plugins(plugin_args(argv))  # before the parser: their policies become choices and flags
+    except MemStreamError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = _parser().parse_args(argv)
     try:
         return args.handler(args)
     except MemStreamError as exc:

@@ -94,7 +94,9 @@ def _converter(annotation: str) -> Callable[[str], Any]:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, tuple):
+    if isinstance(value, tuple):  # as parse_value reads it back: texts joined by |, numbers by commas
+        if all(isinstance(v, str) for v in value):
+            return " | ".join(value)
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return "none" if value is None else str(value)
 

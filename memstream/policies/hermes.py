@@ -61,8 +61,8 @@ class HermesConfig(PolicyConfig):
     deep_alpha: float = 0.0  # recency weight in deep layers (0 = attention only)
     deep_kappa: float = 8.0  # recency decay in deep layers (unused while deep_alpha is 0)
     shallow_gamma: float = 0.1  # smoothing weight of the next deeper layer's score, shallow layers
-    middle_gamma: float = 0.3  # ... middle layers
-    deep_gamma: float = 0.4  # ... deep layers (the last layer has nothing deeper)
+    middle_gamma: float = 0.3  # smoothing weight of the next deeper layer's score, middle layers
+    deep_gamma: float = 0.4  # smoothing weight of the next deeper layer's score, deep layers (not the last)
     summary: bool = True  # deep layers fold evicted tokens into one mean summary token
     positions: str = "lazy"  # "lazy": compact only near max_position_embeddings; "eager": after every compression
     compact_margin: int = 8192  # lazy: positions kept free below max_position_embeddings for question and answer
