@@ -27,7 +27,7 @@ from .sink_window import SinkWindowConfig, SinkWindowMemory
 from .window import QuestionRecord, WindowMemory, WindowQuestionCache
 
 __all__ = [
-    "PolicySpec", "register_policy", "policy_spec", "policy_names", "build_memory",
+    "PolicySpec", "register_policy", "unregister_policy", "policy_spec", "policy_names", "build_memory",
     "Memory", "PolicyConfig", "BlockInfo", "IngestCache", "QuestionCache", "QuestionRecord",
     "WindowMemory", "WindowQuestionCache", "RetrievalQuestionCache",
     "FullConfig", "FullMemory", "RekvConfig", "RekvMemory", "MemStreamConfig", "MemStreamMemory",
@@ -71,6 +71,11 @@ def register_policy(name: str, builder: Builder, *, config: type[PolicyConfig] =
     spec = PolicySpec(name, builder, config, summary, uses_expert or needs_expert, needs_expert)
     _REGISTRY[name] = spec
     return spec
+
+
+def unregister_policy(name: str) -> None:
+    """Remove `name` from the registry (a test's or a session's temporary policy)."""
+    _REGISTRY.pop(name, None)
 
 
 def policy_names() -> tuple[str, ...]:
