@@ -97,7 +97,7 @@ def add_common_arguments(p: argparse.ArgumentParser, model_default: str = "tiny"
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def stream_options(args: argparse.Namespace) -> dict[str, Any]:
+def policy_options(args: argparse.Namespace) -> dict[str, Any]:
     """The `Engine.stream` options the flags set, but policy, fps and tokens_per_frame (which every benchmark
     passes on its own): encode_batch and the policy options given."""
     return {k: v for k, v in options.stream_options(args).items() if k not in ("policy", "fps", "tokens_per_frame")}

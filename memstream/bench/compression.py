@@ -30,7 +30,7 @@ import numpy as np
 from ..engine import Engine, load
 from ..policies import MemStreamConfig
 from ..video import sample_frames
-from .common import add_common_arguments, apply_threads, emit, machine, stream_options, timed
+from .common import add_common_arguments, apply_threads, emit, machine, policy_options, timed
 
 DEFAULT_VIDEO = str(Path(__file__).resolve().parents[2] / "assets" / "sample.mp4")
 VARIANTS = ("rekv", "aks", "aks+compress")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     engine = load(model=args.model, device=args.device)
     frames = [f for f, _ in sample_frames(args.video, args.fps)]
-    options = stream_options(args)
+    options = policy_options(args)
     threshold = options.pop("compress_threshold", MemStreamConfig().compress_threshold)
     rows = [measure(engine, frames, b, args.blocks, args.fps, threshold, args.warmup, **options) for b in budgets]
     result = {"bench": "compression", "model": engine.backbone.name, "device": str(engine.device),

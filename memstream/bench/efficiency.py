@@ -34,8 +34,8 @@ from .common import (
     emit,
     machine,
     policy_help,
+    policy_options,
     spread,
-    stream_options,
     synchronize,
     timed,
 )
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         peak = matmul_peak(engine.device, engine.backbone.dtype, args.peak_seconds)
         row = measure_efficiency(engine, args.policy, args.calls, blocks_per_call=args.blocks_per_call,
                                  warmup=args.warmup, tokens_per_frame=args.tokens_per_frame, fps=args.fps,
-                                 **stream_options(args))
+                                 **policy_options(args))
         row.update(peak_tflops=peak["tflops"], peak_matmul=peak, mfu=row.pop("mfu_local"),
                    mfu_global=row["achieved_tflops"] / peak["tflops"])
         per_device.append(row)

@@ -28,8 +28,8 @@ from .common import (
     binned_medians,
     emit,
     policy_help,
+    policy_options,
     spread,
-    stream_options,
     timed,
 )
 
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     engine = load(model=args.model, expert=args.expert, device=args.device)
-    options = stream_options(args)
+    options = policy_options(args)
     result = measure_ingest(engine, args.policy, args.blocks, tokens_per_frame=args.tokens_per_frame,
                             fps=args.fps, curve_bins=args.curve_bins, **options)
     return emit({"bench": "ingest", **result}, args.json)

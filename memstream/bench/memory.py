@@ -23,7 +23,7 @@ from .common import (
     apply_threads,
     emit,
     per_policy,
-    stream_options,
+    policy_options,
     synchronize,
 )
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     engine = load(model=args.model, expert=args.expert, device=args.device)
     lengths = sorted(int(x) for x in args.lengths.split(","))
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    shares = per_policy(policies, stream_options(args))  # each policy its own options
+    shares = per_policy(policies, policy_options(args))  # each policy its own options
     rows = []
     for policy in policies:
         for tpf in [int(x) for x in args.tpf.split(",")]:

@@ -26,8 +26,8 @@ from .common import (
     emit,
     per_policy,
     policy_help,
+    policy_options,
     spread,
-    stream_options,
     timed,
 )
 
@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     engine = load(model=args.model, expert=args.expert, device=args.device)
-    options = stream_options(args)
+    options = policy_options(args)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     rows = measure_ttft_interleaved(engine, policies, args.minutes, fps=args.fps,
                                     tokens_per_frame=args.tokens_per_frame, questions=args.questions, **options)
