@@ -1,10 +1,12 @@
-"""`python -m memstream ask ...` run as a real subprocess: the happy path in text and JSON, one
-`error: <sentence>` line and exit status 2 for each bad input, warnings for damaged files, and
-good-but-odd videos that just work.
+"""`python -m memstream ask ...`: the happy path in text and JSON, one `error: <sentence>` line and
+exit status 2 for each bad input, warnings for damaged files, and good-but-odd videos that just work.
 
-Each subprocess spends most of its time importing torch and transformers, so the runs are
-started together (as many at a time as there are cores) when the first CLI test needs its
-result; only the cases of the tests selected in this session are run.
+The bad-input cases only check the exit status and the one error line, so they call
+`memstream.cli.main` in-process (capturing stdout and stderr). The other cases, and one bad input,
+run as real subprocesses: they prove that `python -m memstream` works end to end and that the
+process prints no traceback. Each subprocess spends most of its time importing torch and
+transformers, so the runs are started together (as many at a time as there are cores) when the
+first subprocess test needs its result; only the cases of the tests selected in this session are run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 import videos
+
+from memstream.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "assets" / "sample.mp4"
@@ -123,13 +127,19 @@ class CliRuns:
 
 
 @pytest.fixture(scope="module")
-def cli(request, engine, tiny_cache, tmp_path_factory):
-    """Depends on `engine` so that the tiny checkpoint is built once before the subprocesses start."""
-    selected = [item.callspec.params["case"] for item in request.session.items
-                if item.module is request.module and hasattr(item, "callspec") and "case" in item.callspec.params]
+def inputs(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("cli-inputs")
     (folder / "a-folder").mkdir()
-    inputs = {key: str(make(folder)) for key, make in INPUTS.items()}
+    return {key: str(make(folder)) for key, make in INPUTS.items()}
+
+
+@pytest.fixture(scope="module")
+def cli(request, engine, tiny_cache, inputs):
+    """Subprocess runs of the selected tests that use this fixture.
+    Depends on `engine` so that the tiny checkpoint is built once before the subprocesses start."""
+    selected = [item.callspec.params["case"] for item in request.session.items
+                if item.module is request.module and "cli" in item.fixturenames
+                and hasattr(item, "callspec") and "case" in item.callspec.params]
     env = {k: v for k, v in os.environ.items() if k != "MEMSTREAM_DEBUG"}
     env["MEMSTREAM_CACHE"] = str(tiny_cache)
     runs = CliRuns(list(dict.fromkeys(selected)), inputs, env)
@@ -137,18 +147,34 @@ def cli(request, engine, tiny_cache, tmp_path_factory):
     runs.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def no_traceback(proc: subprocess.CompletedProcess) -> None:
-    assert "Traceback" not in proc.stdout and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "internal error" not in proc.stderr, proc.stderr
+@pytest.fixture
+def in_process(inputs, tiny_cache, monkeypatch, capsys):
+    """Runs `memstream.cli.main` on a case's arguments as the subprocesses do (same model cache, no
+    MEMSTREAM_DEBUG); returns (exit status, stdout, stderr)."""
+    monkeypatch.setenv("MEMSTREAM_CACHE", str(tiny_cache))
+    monkeypatch.delenv("MEMSTREAM_DEBUG", raising=False)
+
+    def run(case: str) -> tuple[int, str, str]:
+        code = main([a.format(**inputs) for a in case_argv(case)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def no_traceback(stdout: str, stderr: str) -> None:
+    assert "Traceback" not in stdout and "Traceback" not in stderr, stderr[-3000:]
+    assert "internal error" not in stderr, stderr
 
 
 # ---------------------------------------------------------------- happy path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["happy/text"])
 def test_happy_path_text(cli, case, engine):
     proc = cli.result(case)
-    no_traceback(proc)
+    no_traceback(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     # the answer comes first and is the library's answer for the same settings (CLI defaults)
@@ -165,7 +191,7 @@ def test_happy_path_text(cli, case, engine):
 def json_result(cli, case: str) -> dict:
     """A --json run that succeeded quietly: its single stdout line, parsed."""
     proc = cli.result(case)
-    no_traceback(proc)
+    no_traceback(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
@@ -173,6 +199,7 @@ def json_result(cli, case: str) -> dict:
     return json.loads(lines[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["happy/json"])
 def test_happy_path_json(cli, case):
     out = json_result(cli, case)
@@ -192,29 +219,42 @@ def test_happy_path_json(cli, case):
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("case", [f"bad/{name}" for name in BAD])
-def test_bad_input_is_one_error_line(cli, case):
-    if case == "bad/device-cuda" and torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    proc = cli.result(case)
-    no_traceback(proc)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and proc.stderr.endswith("\n"), proc.stderr
+def check_one_error_line(case: str, code: int, stdout: str, stderr: str) -> None:
+    """Exit status 2, nothing on stdout, and one `error: <one sentence>.` line on stderr."""
+    no_traceback(stdout, stderr)
+    assert code == 2, (code, stderr)
+    assert stdout == ""
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and stderr.endswith("\n"), stderr
     line = lines[0]
     assert line.startswith("error: ") and line.endswith("."), line
     assert not re.search(r"[.!?]\s+[A-Z]", line[len("error: "):]), f"more than one sentence: {line}"
     assert BAD[case.split("/", 1)[1]][1] in line, line
 
 
+@pytest.mark.parametrize("case", [f"bad/{name}" for name in BAD])
+def test_bad_input_is_one_error_line(in_process, case):
+    if case == "bad/device-cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    check_one_error_line(case, *in_process(case))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["bad/missing-file"])
+def test_bad_input_in_a_real_process(cli, case):
+    """The same contract through `python -m memstream`: the exit status reaches the shell, no traceback."""
+    proc = cli.result(case)
+    check_one_error_line(case, proc.returncode, proc.stdout, proc.stderr)
+
+
 # ---------------------------------------------------------------- damaged and odd videos
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [f"damaged/{name}" for name in DAMAGED])
 def test_damaged_video_answers_with_a_warning(cli, case):
     proc = cli.result(case)
-    no_traceback(proc)
+    no_traceback(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "damaged or truncated" in lines[0], lines
@@ -223,6 +263,7 @@ def test_damaged_video_answers_with_a_warning(cli, case):
     assert 2 <= frames < 6, stamp  # the seconds before the damage, at 1 fps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [f"odd/{name}" for name in ODD])
 def test_good_but_odd_video_just_works(cli, case):
     out = json_result(cli, case)

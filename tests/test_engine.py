@@ -152,6 +152,7 @@ def test_failed_ingest_leaves_memory_unchanged(engine, failing_layer):
     assert stream.stats()["blocks"] == before["blocks"] + 1
 
 
+@pytest.mark.slow
 def test_questions_while_a_thread_ingests(engine):
     """Every answer given mid-ingestion equals the answer of a stream holding the same blocks."""
     frames = random_frames(24, 56, 56, seed=8)

@@ -339,6 +339,7 @@ def test_bad_annotations_exit_2_with_one_sentence(case, env, tmp_path, capsys):
     assert words in stderr, stderr
 
 
+@pytest.mark.slow
 def test_bad_annotations_in_a_subprocess_have_no_traceback(tmp_path, tiny_cache):
     path = write_annotations(tmp_path, _with_question(choises=["a", "b"]))
     env = {k: v for k, v in os.environ.items() if k != "MEMSTREAM_DEBUG"}

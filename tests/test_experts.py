@@ -4,7 +4,7 @@ block scores by hand, and failing fast when real weights cannot be had."""
 from __future__ import annotations
 
 import math
-import time
+import socket
 
 import numpy as np
 import pytest
@@ -140,13 +140,24 @@ def test_load_expert_none_and_unknown():
 
 @pytest.mark.parametrize("name", ["clip-b32", "pe-core-b16"])
 def test_real_expert_offline_and_uncached_fails_fast(name, monkeypatch, tmp_path):
+    import open_clip
+
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr("memstream.loading.hub_reachable", lambda: False)
-    start = time.monotonic()
+    hub_checks, connects, downloads = [], [], []
+    monkeypatch.setattr("memstream.loading.hub_reachable", lambda: hub_checks.append(1) or False)
+
+    def refuse(sock, address, *args):  # any connection attempt is counted and refused
+        connects.append(address)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(open_clip, "create_model", lambda *args, **kwargs: downloads.append(args))
     with pytest.raises(ModelLoadError) as info:
         load_expert(name, "cpu", cache_dir=str(tmp_path / "hf" / "hub"))
-    assert time.monotonic() - start < 5
+    # fails fast: one hub check decides, and no connection or download is attempted after it
+    assert len(hub_checks) == 1 and connects == [] and downloads == []
     message = str(info.value)
     assert "\n" not in message and "Traceback" not in message and message.endswith(".")
     assert name in message and "'tiny'" in message

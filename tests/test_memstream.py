@@ -296,7 +296,7 @@ def test_bench_compression_reports_a_row_per_budget(tiny_cache, monkeypatch, cap
         t = row["tokens_per_min"]
         assert t["aks"] == t["rekv"] >= t["aks+compress"] > 0
         assert row["token_reduction"] == pytest.approx(1 - t["aks+compress"] / t["rekv"])
-        assert all(s > 0 for s in row["block_s"].values()) and row["aks_overhead"] > -1
+        assert all(s > 0 for s in row["block_s"].values())
     assert out["markdown"].count("\n") == 3
 
 

@@ -19,15 +19,20 @@ SAMPLE = str(ROOT / "assets" / "sample.mp4")
 @pytest.fixture(scope="module")
 def server(engine):
     demo = start_demo(engine, banner="tiny model", max_new_tokens=8)
-    yield demo.url
+    yield demo
     stop_demo(demo)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client(server):
+    """A client of its own for each test, hence a new demo session: no test depends on what another
+    left behind. The session is closed on the server afterwards (the demo caps concurrent sessions)."""
     from gradio_client import Client
 
-    return Client(server, verbose=False)
+    client = Client(server.url, verbose=False)
+    yield client
+    server.sessions.close(client.session_hash)
+    client.close()
 
 
 def wait_status(client, cond, timeout=60.0):
@@ -38,6 +43,14 @@ def wait_status(client, cond, timeout=60.0):
             return st
         time.sleep(0.3)
     raise AssertionError(f"timed out; last status {st}")
+
+
+def upload_sample(client):
+    """This test's session uploads the sample and ingests it on the default settings."""
+    from gradio_client import handle_file
+
+    client.predict(handle_file(SAMPLE), api_name="/upload")
+    wait_status(client, lambda s: s.get("state") == "done")
 
 
 def test_upload_wait_ask_answer_and_plot(client):
@@ -66,6 +79,7 @@ def test_upload_wait_ask_answer_and_plot(client):
 def test_bad_upload_and_empty_question_give_messages(client, tmp_path):
     from gradio_client import handle_file
 
+    upload_sample(client)
     bad = tmp_path / "slides.mp4"
     bad.write_text("no video here\n" * 30)
     notice, _, _ = client.predict(handle_file(str(bad)), api_name="/upload")
@@ -77,6 +91,7 @@ def test_bad_upload_and_empty_question_give_messages(client, tmp_path):
 
 
 def test_settings_endpoint_reingests(client):
+    upload_sample(client)  # on the defaults: policy memstream, fps 2, expert tiny
     notice, _ = client.predict("full", 1.0, 16, 3, 0, "as fast as possible", "off", 8, "none", 60, 1, 1, 256,
                                api_name="/settings")
     assert "policy memstream → full" in notice and "fps 2 → 1" in notice and "expert tiny → none" in notice
@@ -85,6 +100,7 @@ def test_settings_endpoint_reingests(client):
 
 
 def test_compare_mode_answers_under_two_policies(client):
+    upload_sample(client)
     client.predict("rekv", 2.0, 16, 3, 0, "as fast as possible", "full", 8, "none", 60, 1, 1, 256,
                    api_name="/settings")
     wait_status(client, lambda s: s.get("state") == "done" and s.get("policies") == ["rekv", "full"])
@@ -97,6 +113,7 @@ def test_compare_mode_answers_under_two_policies(client):
 
 
 def test_hermes_shows_what_each_layer_holds(client):
+    upload_sample(client)
     client.predict("hermes", 2.0, 16, 3, 0, "as fast as possible", "off", 8, "tiny", 60, 1, 1, 24,
                    api_name="/settings")
     st = wait_status(client, lambda s: s.get("state") == "done" and s.get("policies") == ["hermes"])
