@@ -1,4 +1,4 @@
-"""The web demo's entry point (a Hugging Face Space runs this file); the page is `memstream.ui`.
+"""The web demo's entry point (a Hugging Face Space runs this file); the page is `memstream_demo`.
 
     python app.py [--model ID|tiny] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
                   [--server-name 0.0.0.0] [--server-port 7860 (or $PORT)] [--share]
@@ -18,7 +18,7 @@ import argparse
 import os
 
 import memstream
-from memstream.ui import Limits, Settings, build, launch
+from memstream_demo import Limits, Settings, build, launch
 
 TINY_BANNER = ("**Answers come from a tiny random-weight model**, so they are noise; ingestion, memory, retrieval "
                "and the heatmaps work exactly as with the real model.")

@@ -16,7 +16,7 @@ def start_demo(engine, banner: str, max_new_tokens: int):
     `python app.py --model tiny` runs it); returns the Blocks with `.url` set. Stop it with `stop_demo`."""
     from memstream.engine import Engine
     from memstream.experts import build_tiny_expert
-    from memstream.ui import Limits, Settings, build, launch
+    from memstream_demo import Limits, Settings, build, launch
 
     engine = Engine(engine.backbone, build_tiny_expert())
     defaults = Settings(tokens_per_frame=16, topk=3, max_new_tokens=max_new_tokens, expert="tiny", budget=256)

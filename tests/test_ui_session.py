@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from memstream.errors import EmptyMemoryError, InputError
-from memstream.ui.manager import SessionManager
-from memstream.ui.state import Limits, SessionLimitError, Settings
+from memstream_demo.manager import SessionManager
+from memstream_demo.state import Limits, SessionLimitError, Settings
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
 FAST = Settings(policy="rekv", tokens_per_frame=16, topk=3, fps=2.0, max_new_tokens=4)

@@ -27,7 +27,7 @@ from .manager import SessionManager
 from .session import Session
 from .state import PACES, Limits, SessionLimitError, Settings, fmt_mb
 
-SAMPLE = str(Path(__file__).resolve().parents[2] / "assets" / "sample.mp4")
+SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
 TOKENS_PER_FRAME = [16, 32, 64, 128, 256, 512, 1024]
 LEVELS = {"info": ("Note", "#4f6bed", "#eef1fd"), "warning": ("Warning", "#d08c1e", "#fdf5e6"),
           "error": ("Error", "#c0392b", "#fbeceb")}

@@ -1,6 +1,6 @@
 """The web demo (Gradio): live ingestion, chat, and the retrieval heatmap.
 
-    from memstream.ui import build, launch
+    from memstream_demo import build, launch
     demo = build(engine, banner="...")     # a gr.Blocks; `launch` adds the page's css
     launch(demo, server_name="0.0.0.0", server_port=7860)
 
