@@ -1,4 +1,4 @@
-"""The web demo's entry point (a Hugging Face Space runs this file); the page is `memstream.ui`.
+"""The web demo's entry point (a Hugging Face Space runs this file); the page is `memstream_demo`.
 
     python app.py [--model ID|tiny] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
                   [--server-name 0.0.0.0] [--server-port 7860 (or $PORT)] [--share]
@@ -18,7 +18,7 @@ import argparse
 import os
 
 import memstream
-from memstream.ui import Limits, Settings, build, launch
+from memstream_demo import Limits, Settings, build, launch
 
 TINY_BANNER = ("**Answers come from a tiny random-weight model**, so they are noise; ingestion, memory, retrieval "
                "and the heatmaps work exactly as with the real model.")
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     engine, banner = load_engine(args.model, args.expert, args.device)
     tiny = TINY_BANNER in banner
-    defaults = Settings(tokens_per_frame=64 if tiny else 256, topk=4 if tiny else 16,
-                        expert=engine.expert_name or "none", budget=1024 if tiny else 6000)
+    defaults = Settings(expert=engine.expert_name or "none")
+    if tiny:  # CPU-sized: fewer tokens per frame, and a topk / budget small enough to leave blocks of the sample out
+        defaults = defaults.with_options(tokens_per_frame=64, topk=4, budget=1024)
     limits = Limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,
                     idle_timeout_s=args.idle_timeout)
     demo = build(engine, banner=banner, defaults=defaults, limits=limits)

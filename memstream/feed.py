@@ -6,7 +6,7 @@
     feed.run()                  # the rest of the file; the odd last frame is padded
 
 `Stream.add_video`, the evaluation's streaming mode (`evaluate.feeder.FrameFeeder`) and the demo's
-file ingestion (`ui.session`) are thin uses of this loop. Times are seconds; a sampled frame's time
+file ingestion (`memstream_demo.session`) are thin uses of this loop. Times are seconds; a sampled frame's time
 is its own timestamp in the file (`video.sample_frames`), shifted by `time_offset_s` for the
 targets. Frames are uint8 RGB [H, W, 3] at the file's native size; targets resize them.
 

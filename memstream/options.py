@@ -141,9 +141,10 @@ def add_stream_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
         parser.add_argument(flag(f.name), type=_converter(annotation), default=value,
                             help=f"{comment} (default: {_show(value)})")
     groups: dict[str, argparse._ArgumentGroup] = {}
+    taken = set(parser._option_string_actions)  # a subcommand's own flags win over a policy option's
     for name, owners in policy_fields().items():
-        if name in STREAM_FIELDS:
-            continue
+        if name in STREAM_FIELDS or flag(name) in taken:  # e.g. a plug-in's `mode` beside eval's --mode:
+            continue  # still an option of engine.stream, just not a flag of this subcommand
         first = owners[0][0]
         if first not in groups:
             groups[first] = parser.add_argument_group(f"{first} options",

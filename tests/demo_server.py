@@ -16,10 +16,11 @@ def start_demo(engine, banner: str, max_new_tokens: int):
     `python app.py --model tiny` runs it); returns the Blocks with `.url` set. Stop it with `stop_demo`."""
     from memstream.engine import Engine
     from memstream.experts import build_tiny_expert
-    from memstream.ui import Limits, Settings, build, launch
+    from memstream_demo import Limits, Settings, build, launch
 
     engine = Engine(engine.backbone, build_tiny_expert())
-    defaults = Settings(tokens_per_frame=16, topk=3, max_new_tokens=max_new_tokens, expert="tiny", budget=256)
+    defaults = Settings(tokens_per_frame=16, max_new_tokens=max_new_tokens, expert="tiny").with_options(
+        topk=3, budget=256)
     demo = build(engine, banner=banner, defaults=defaults, limits=Limits(max_sessions=4))
     port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -194,8 +194,8 @@ def test_frame_feeder_opens_once_across_questions(engine, opens):
 
 
 def test_the_demo_opens_an_uploaded_file_once_and_feeds_both_streams(engine, opens):
-    from memstream.ui.manager import SessionManager
-    from memstream.ui.state import Limits, Settings
+    from memstream_demo.manager import SessionManager
+    from memstream_demo.state import Limits, Settings
 
     m = SessionManager(engine, Settings(policy="rekv", compare="full", tokens_per_frame=16, fps=2.0), Limits())
     try:

@@ -92,8 +92,7 @@ def test_bad_upload_and_empty_question_give_messages(client, tmp_path):
 
 def test_settings_endpoint_reingests(client):
     upload_sample(client)  # on the defaults: policy memstream, fps 2, expert tiny
-    notice, _ = client.predict("full", 1.0, 16, 3, 0, "as fast as possible", "off", 8, "none", 60, 1, 1, 256,
-                               api_name="/settings")
+    notice, _ = client.predict("full", 1.0, 16, "as fast as possible", "off", 8, "none", {}, api_name="/settings")
     assert "policy memstream → full" in notice and "fps 2 → 1" in notice and "expert tiny → none" in notice
     st = wait_status(client, lambda s: s.get("state") == "done" and s.get("policies") == ["full"])
     assert st["blocks"] == 4
@@ -101,7 +100,7 @@ def test_settings_endpoint_reingests(client):
 
 def test_compare_mode_answers_under_two_policies(client):
     upload_sample(client)
-    client.predict("rekv", 2.0, 16, 3, 0, "as fast as possible", "full", 8, "none", 60, 1, 1, 256,
+    client.predict("rekv", 2.0, 16, "as fast as possible", "full", 8, "none", {"topk": 3, "n_local": None},
                    api_name="/settings")
     wait_status(client, lambda s: s.get("state") == "done" and s.get("policies") == ["rekv", "full"])
     chat, _, notice, pick, plot, plot_b, gallery, gallery_b = client.predict("Which one?", api_name="/ask")
@@ -114,8 +113,7 @@ def test_compare_mode_answers_under_two_policies(client):
 
 def test_hermes_shows_what_each_layer_holds(client):
     upload_sample(client)
-    client.predict("hermes", 2.0, 16, 3, 0, "as fast as possible", "off", 8, "tiny", 60, 1, 1, 24,
-                   api_name="/settings")
+    client.predict("hermes", 2.0, 16, "as fast as possible", "off", 8, "tiny", {"budget": 24}, api_name="/settings")
     st = wait_status(client, lambda s: s.get("state") == "done" and s.get("policies") == ["hermes"])
     assert st["blocks"] == 8 and st["compression_ratio"] > 1  # a 24-token budget per layer over 8 blocks
     chat, _, notice, pick, plot, *_ = client.predict("What is left?", api_name="/ask")

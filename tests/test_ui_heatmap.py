@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from memstream.trace import RetrievalTrace
-from memstream.ui import heatmap
+from memstream_demo import heatmap
 
 
 def minmax(x) -> np.ndarray:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from memstream.errors import EmptyMemoryError, InputError
-from memstream.ui.manager import SessionManager
-from memstream.ui.state import Limits, SessionLimitError, Settings
+from memstream_demo.manager import SessionManager
+from memstream_demo.state import Limits, SessionLimitError, Settings
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
-FAST = Settings(policy="rekv", tokens_per_frame=16, topk=3, fps=2.0, max_new_tokens=4)
+FAST = Settings(policy="rekv", tokens_per_frame=16, fps=2.0, max_new_tokens=4).with_options(topk=3)
 
 
 def wait_for(cond, timeout=30.0, step=0.05):
@@ -87,7 +87,7 @@ def test_settings_change_reingests_and_compare_answers_twice(manager):
     s.apply_settings(Settings(**{**FAST.__dict__, "pace": "real time"}))
     assert "unchanged" in s.notice.text and s.status()["blocks"] == 8
     streams = list(s.streams)
-    s.apply_settings(Settings(**{**FAST.__dict__, "pace": "real time", "topk": 2}))  # read at question time
+    s.apply_settings(FAST.with_options(pace="real time", topk=2))  # read at question time
     assert "nothing re-ingested" in s.notice.text and "topk 3 → 2" in s.notice.text
     assert s.streams == streams and s.status()["blocks"] == 8  # the same memory, not rebuilt
     finals, _ = answer(s)
@@ -142,7 +142,7 @@ def test_caps_and_idle_reaper(engine):
 def test_stream_options_are_valid_library_options(engine):
     from memstream.errors import ConfigError
 
-    settings = Settings(expert="none", fusion_c=30.0, budget=128)
+    settings = Settings(expert="none").with_options(fusion_c=30.0, budget=128)
     for policy in ("rekv", "memstream", "hermes"):
         cfg = engine.stream_config(policy=policy, **settings.stream_options(policy))
         assert cfg.expert is None  # each policy gets the options it takes, and only those

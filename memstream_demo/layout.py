@@ -16,19 +16,22 @@ import io
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
-from memstream.errors import EmptyMemoryError, MemStreamError
+from memstream.config import StreamConfig
+from memstream.engine import Engine
+from memstream.errors import ConfigError, EmptyMemoryError, MemStreamError
 from memstream.policies import policy_names, policy_spec
 
 from . import heatmap
+from .fields import FormField, form_fields, stream_form
 from .manager import SessionManager
 from .session import Session
 from .state import PACES, Limits, SessionLimitError, Settings, fmt_mb
 
-SAMPLE = str(Path(__file__).resolve().parents[2] / "assets" / "sample.mp4")
-TOKENS_PER_FRAME = [16, 32, 64, 128, 256, 512, 1024]
+SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
 LEVELS = {"info": ("Note", "#4f6bed", "#eef1fd"), "warning": ("Warning", "#d08c1e", "#fdf5e6"),
           "error": ("Error", "#c0392b", "#fbeceb")}
 
@@ -154,7 +157,22 @@ def _answer_message(policy: str, ans, compare: bool, final: bool) -> str:
     return f"{head}{text}{stamp}"
 
 
-def build(engine, *, banner: str = "", defaults: Settings | None = None, limits: Limits | None = None,
+def field_component(ff: FormField, value: Any, elem_id: str) -> gr.components.Component:
+    """The component of one option: a number box, a checkbox, a dropdown of the valid values or a text
+    box, labelled with the field's name and explained by its comment. No minimum/maximum on number boxes:
+    gradio would refuse an out-of-range value with a toast, the config's validate() says it in the notice."""
+    shown = ff.shown(value)
+    common = {"label": ff.name, "info": ff.info or None, "elem_id": elem_id, "min_width": 200}
+    if ff.kind == "bool":
+        return gr.Checkbox(value=bool(shown), **common)
+    if ff.kind == "choice":
+        return gr.Dropdown(list(ff.choices), value=shown, **common)
+    if ff.kind in ("int", "float"):
+        return gr.Number(value=shown, precision=0 if ff.kind == "int" else None, **common)
+    return gr.Textbox(value=shown, lines=1, max_lines=1, **common)
+
+
+def build(engine: Engine, *, banner: str = "", defaults: Settings | None = None, limits: Limits | None = None,
           sample: str | None = SAMPLE, title: str = "memstream") -> gr.Blocks:
     """The demo page for `engine`. `banner` (markdown) is shown on top, e.g. a fallback warning."""
     defaults = defaults or Settings()
@@ -163,8 +181,13 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
     has_expert = getattr(engine, "expert", None) is not None
     # a policy that ranks with the expert cannot run without one: leave it out rather than fail on Apply
     policies = [p for p in policy_names() if has_expert or not policy_spec(p).needs_expert]
+    left_out = [p for p in policy_names() if p not in policies]
     if defaults.policy not in policies:
-        defaults = dataclasses.replace(defaults, policy="memstream-internal")
+        fallback = StreamConfig().policy  # the library's default policy
+        defaults = dataclasses.replace(defaults, policy=fallback if fallback in policies else policies[0])
+    if defaults.compare is not None and defaults.compare not in policies:
+        defaults = dataclasses.replace(defaults, compare=None)
+    streamed = stream_form()
     sample = sample if sample and Path(sample).exists() else None
 
     def session(request: gr.Request | None, create: bool = True) -> Session | None:
@@ -218,32 +241,37 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
                     question = gr.Textbox(placeholder="e.g. What is moving?", show_label=False, scale=5,
                                           elem_id="question", submit_btn=False, lines=1, max_lines=3)
                     ask_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-btn")
+        # Settings: the demo's own choices, then the stream fields and each policy's options as the
+        # library's dataclasses declare them (fields.py); only the policies in use show their options.
         with gr.Accordion("Settings", open=False, elem_id="settings"):
             with gr.Row():
-                s_policy = gr.Dropdown(policies, value=defaults.policy, label="policy",
-                                       info=None if has_expert else "'external' needs an external expert "
-                                                                    "(start with --expert)")
-                s_fps = gr.Slider(0.25, 8, value=defaults.fps, step=0.25, label="fps")
-                s_tpf = gr.Dropdown(sorted(set(TOKENS_PER_FRAME + [defaults.tokens_per_frame])),
-                                    value=defaults.tokens_per_frame, label="tokens_per_frame")
-                s_topk = gr.Slider(1, 64, value=defaults.topk, step=1, label="topk (blocks per layer)")
-                s_nlocal = gr.Number(value=defaults.n_local or 0, precision=0, minimum=0,
-                                     label="n_local (window tokens, 0 = unbounded)")
-            with gr.Row():
-                s_pace = gr.Radio(list(PACES), value=defaults.pace, label="pacing of files")
-                s_compare = gr.Dropdown(["off"] + policies, value=defaults.compare or "off",
+                s_policy = gr.Dropdown(policies, value=defaults.policy, label="policy", elem_id="policy",
+                                       info=None if not left_out else f"without an external expert (start with "
+                                                                      f"--expert): not {', '.join(left_out)}")
+                s_compare = gr.Dropdown(["off"] + policies, value=defaults.compare or "off", elem_id="compare",
                                         label="compare with a second policy")
-                s_maxnew = gr.Slider(1, 256, value=defaults.max_new_tokens, step=1, label="max_new_tokens")
-            with gr.Row():
                 expert_choices = ["none"] + ([str(getattr(engine, "expert_name", "loaded"))] if has_expert else [])
                 s_expert = gr.Dropdown(expert_choices, value=defaults.expert if has_expert else "none",
                                        label="expert" + ("" if has_expert else " (no external expert loaded)"),
-                                       interactive=has_expert)
-                s_c = gr.Number(value=defaults.fusion_c, label="fusion c (RRF)", visible=has_expert)
-                s_wi = gr.Number(value=defaults.fusion_weights[0], label="weight internal", visible=has_expert)
-                s_we = gr.Number(value=defaults.fusion_weights[1], label="weight external", visible=has_expert)
-                s_budget = gr.Number(value=defaults.budget, precision=0, minimum=1,
-                                     label="budget (hermes: visual tokens per layer)")
+                                       interactive=has_expert, elem_id="expert")
+            with gr.Row():
+                s_stream = [field_component(ff, getattr(defaults, ff.name), f"opt-{ff.name}") for ff in streamed]
+                s_pace = gr.Radio(list(PACES), value=defaults.pace, label="pacing of files", elem_id="pace")
+                s_maxnew = gr.Slider(1, 256, value=defaults.max_new_tokens, step=1, label="max_new_tokens",
+                                     elem_id="max-new-tokens")
+            s_groups = []
+            s_options: list[tuple[str, FormField, gr.components.Component]] = []  # (policy, field, component)
+            for p in policies:
+                fields = form_fields(p)
+                with gr.Column(visible=p in defaults.policies(), elem_id=f"options-{p}") as group:
+                    summary = policy_spec(p).summary
+                    gr.Markdown(f"**{p}** options" + (f" · {summary}" if summary else "")
+                                + ("" if fields else " · it has no options of its own"))
+                    with gr.Row():
+                        for ff in fields:
+                            comp = field_component(ff, defaults.option(p, ff.name), f"opt-{p}-{ff.name}")
+                            s_options.append((p, ff, comp))
+                s_groups.append(group)
             apply_btn = gr.Button("Apply settings", elem_id="apply-btn")
         gr.Markdown("### Retrieval heatmap\nRows: internal (layer average), external and fused scores, each "
                     "normalised; ▼ marks retrieved blocks (larger = more layers). Lower panel: every layer's "
@@ -257,6 +285,7 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
                 plot_b = gr.Plot(label="heatmap (second policy)", elem_id="heatmap-b")
                 gal_b = gr.HTML(thumb_strip([]), elem_id="thumbs-b")
         status_json = gr.JSON(visible=False)
+        api_options = gr.JSON(visible=False)  # the /settings API's options: {"topk": 4, ...}
         pending = gr.State("")
         timer = gr.Timer(1.0)
 
@@ -390,17 +419,64 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
             idx = s.msg_record.get(evt.index if isinstance(evt.index, int) else evt.index[0])
             return gr.update() if idx is None else gr.update(value=idx)
 
-        def on_apply(policy, fps, tpf, topk, n_local, pace, compare, max_new, expert, c, wi, we, budget,
-                     request: gr.Request):
+        # ---- settings ----------------------------------------------------------------------------
+        form = [s_policy, s_compare, s_expert, s_pace, s_maxnew, *s_stream, *(c for _, _, c in s_options)]
+
+        def form_values(st: Settings) -> list:
+            """The form showing `st` (after Apply: what the memory uses, also when a value was refused)."""
+            head = [st.policy, st.compare or "off", st.expert if has_expert else "none", st.pace, st.max_new_tokens]
+            stream = [ff.shown(getattr(st, ff.name)) for ff in streamed]
+            return head + stream + [ff.shown(st.option(p, ff.name)) for p, ff, _ in s_options]
+
+        def read_head(st: Settings, policy, compare, expert, pace, max_new, stream_values) -> Settings:
+            """`st` with the demo's own choices and the stream fields of the form (ConfigError for text
+            that cannot be read)."""
+            stream = {ff.name: ff.parse(v) for ff, v in zip(streamed, stream_values, strict=True)}
+            return dataclasses.replace(st, policy=policy, compare=None if compare in (None, "off") else compare,
+                                       expert=expert or "none", pace=pace, max_new_tokens=int(max_new), **stream)
+
+        def refuse(s: Session, exc: MemStreamError) -> None:
+            s.say(f"Settings not applied (the memory is unchanged): {exc}", "error")
+
+        def on_apply(request: gr.Request, *values):
             s = session(request)
-            new = Settings(policy=policy, fps=float(fps), tokens_per_frame=int(tpf), topk=int(topk),
-                           n_local=int(n_local) if n_local else None, expert=expert or "none",
-                           fusion_c=float(c if c is not None else 60), fusion_weights=(float(wi or 0), float(we or 0)),
-                           budget=int(budget or defaults.budget), pace=pace,
-                           compare=None if compare in (None, "off") else compare, max_new_tokens=int(max_new))
-            s.apply_settings(new)
+            head, rest = values[:5], values[5:]
+            stream_values, option_values = rest[:len(streamed)], rest[len(streamed):]
+            try:
+                new = read_head(s.settings, *head, stream_values)
+                per_policy: dict[str, dict] = {}
+                for (p, ff, _), v in zip(s_options, option_values, strict=True):
+                    per_policy.setdefault(p, {})[ff.name] = v
+                for p, opts in per_policy.items():
+                    new = new.with_policy_options(p, opts)
+            except MemStreamError as exc:
+                refuse(s, exc)
+            else:
+                s.apply_settings(new)
+            return (render_notice(s), render_status(s.status()), *form_values(s.settings))
+        on_apply.n_out = 2 + len(form)
+
+        def on_settings_api(request: gr.Request, policy, *values):
+            """The API's settings call: policy, the stream fields, pace, compare, max_new_tokens, expert, and
+            a dict of the options to change (each policy in use gets those it takes)."""
+            s = session(request)
+            stream_values, (pace, compare, max_new, expert, options) = values[:len(streamed)], values[len(streamed):]
+            try:
+                if options is not None and not isinstance(options, dict):
+                    raise ConfigError("The options must be a JSON object of option names and values.")
+                new = read_head(s.settings, policy, compare, expert, pace, max_new, stream_values)
+                new = new.with_used_options(**(options or {}))
+            except MemStreamError as exc:
+                refuse(s, exc)
+            else:
+                s.apply_settings(new)
             return render_notice(s), render_status(s.status())
-        on_apply.n_out = 2
+        on_settings_api.n_out = 2
+
+        def show_options(policy, compare):
+            """Only the options of the policies in use are shown."""
+            used = {policy} | ({compare} if compare not in (None, "off") else set())
+            return [gr.update(visible=p in used) for p in policies]
 
         def on_unload(request: gr.Request):
             manager.close(_sid(request))
@@ -430,9 +506,15 @@ def build(engine, *, banner: str = "", defaults: Settings | None = None, limits:
         pick.change(on_pick, inputs=[pick], outputs=[plot_a, plot_b, gal_a, gal_b, col_b], api_name=False,
                     show_progress="hidden")
         chat.select(on_chat_select, outputs=[pick], api_name=False, show_progress="hidden")
-        apply_btn.click(guarded(on_apply), inputs=[s_policy, s_fps, s_tpf, s_topk, s_nlocal, s_pace, s_compare,
-                                                    s_maxnew, s_expert, s_c, s_wi, s_we, s_budget],
-                        outputs=[notice, status], api_name="settings", show_progress="hidden")
+        apply_btn.click(guarded(on_apply), inputs=form, outputs=[notice, status, *form], api_name=False,
+                        show_progress="hidden")
+        for choice in (s_policy, s_compare):
+            choice.change(show_options, inputs=[s_policy, s_compare], outputs=s_groups, api_name=False,
+                          show_progress="hidden", queue=False)
+        settings_api = gr.Button(visible=False)  # the API's version: the options as a dict, by name
+        settings_api.click(guarded(on_settings_api), inputs=[s_policy, *s_stream, s_pace, s_compare, s_maxnew,
+                                                             s_expert, api_options],
+                           outputs=[notice, status], api_name="settings", show_progress="hidden")
         status_btn = gr.Button(visible=False)
         status_btn.click(on_status, outputs=[status_json], api_name="status")
         demo.unload(on_unload)

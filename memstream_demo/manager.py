@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import threading
 import time
 
@@ -36,7 +36,7 @@ class SessionManager:
                     f"The demo is at its limit of {self.limits.max_sessions} concurrent sessions; please try "
                     "again in a few minutes (idle sessions are freed automatically).")
             self._expired.discard(sid)
-            s = Session(sid, self.engine, dataclasses.replace(self.defaults), self.limits)
+            s = Session(sid, self.engine, copy.deepcopy(self.defaults), self.limits)  # no dict shared between tabs
             self._sessions[sid] = s
             return s
 

@@ -117,32 +117,35 @@ class Session:
                 pass
 
     def apply_settings(self, new: Settings) -> str:
-        """Adopt new settings. Memory-relevant changes rebuild the memory and re-ingest the source."""
+        """Adopt new settings. Changes of what the memory holds rebuild it and re-ingest the source;
+        changes of question-time options only retune the streams (`Stream.set_retrieval`). A bad value
+        changes nothing and says why in one sentence. Returns the notice."""
         self.touch()
         with self.lock:
             old = self.settings
             try:  # check every policy's config before touching anything
-                for policy in new.policies():
-                    self.engine.stream_config(policy=policy, **new.stream_options(policy))
+                configs = {p: self.engine.stream_config(policy=p, **new.stream_options(p)) for p in new.policies()}
             except (MemStreamError, TypeError) as exc:
-                self.say(f"Settings not applied: {exc}", "error")
+                self.say(f"Settings not applied (the memory is unchanged): {exc}", "error")
                 return self.notice.text
-            changes = new.changes(old)
+            new = new.adopt(configs)
+            memory, asked = new.changes(old, configs)
             self.settings = new
-            if not changes:
-                retrieval = new.changes(old, Settings.RETRIEVAL)
-                if retrieval:
+            if not memory:
+                if asked:
                     for stream in self.streams:  # read at question time: no need to re-ingest
-                        mine = {k: v for k, v in new.retrieval_options().items() if k in stream.config.question_time()}
+                        wanted = new.policy_options(stream.config.policy)
+                        mine = {k: wanted[k] for k in stream.config.question_time()
+                                if getattr(stream.config, k) != wanted[k]}
                         if mine:
                             stream.set_retrieval(**mine)
-                    msg = f"Settings applied to the memory as it is ({', '.join(retrieval)}); nothing re-ingested."
+                    msg = f"Settings applied to the memory as it is ({', '.join(asked)}); nothing re-ingested."
                 else:
                     msg = "Settings applied; the memory is unchanged" + (
                         f" (pacing: {new.pace})." if new.pace != old.pace else ".")
                 self.say(msg)
                 return msg
-            what = ", ".join(changes)
+            what = ", ".join(memory + asked)
             if self.source is None:
                 self.say(f"Settings changed ({what}); they apply to the next video.")
             elif self.source.kind == "file":

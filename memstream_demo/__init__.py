@@ -1,27 +1,36 @@
-"""The web demo (Gradio): live ingestion, chat, and the retrieval heatmap.
+"""The web demo (Gradio): live ingestion, chat, and the retrieval heatmap. Not part of the library:
+`memstream` never imports this package (nor gradio or plotly); `pip install .[demo]` installs both.
 
-    from memstream.ui import build, launch
+    from memstream_demo import build, launch
     demo = build(engine, banner="...")     # a gr.Blocks; `launch` adds the page's css
     launch(demo, server_name="0.0.0.0", server_port=7860)
 
-`heatmap.py` is pure (trace -> Plotly figure), `state.py` the plain settings/answer records,
+`heatmap.py` is pure (trace -> Plotly figure), `fields.py` the settings form derived from the
+library's dataclasses, `state.py` the plain settings/answer records,
 `session.py` one browser session (its streams and ingestion thread), `manager.py` all sessions with
 their caps, `layout.py` the components and events.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .state import Limits, Settings
 
+if TYPE_CHECKING:
+    import gradio as gr
 
-def build(engine, **kwargs):
+    from memstream import Engine
+
+
+def build(engine: Engine, **kwargs: Any) -> gr.Blocks:
     """The demo page for `engine` (see `layout.build`)."""
     from .layout import build as _build
 
     return _build(engine, **kwargs)
 
 
-def launch(demo, **kwargs):
+def launch(demo: gr.Blocks, **kwargs: Any) -> Any:
     """`demo.launch(**kwargs)` with the page's css and theme (Gradio 6 takes them at launch)."""
     import gradio as gr
 
