@@ -142,6 +142,7 @@ def add_stream_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
                             help=f"{comment} (default: {_show(value)})")
     groups: dict[str, argparse._ArgumentGroup] = {}
     taken = set(parser._option_string_actions)  # a subcommand's own flags win over a policy option's
+    added: list[str] = []
     for name, owners in policy_fields().items():
         if name in STREAM_FIELDS or flag(name) in taken:  # e.g. a plug-in's `mode` beside eval's --mode:
             continue  # still an option of engine.stream, just not a flag of this subcommand
@@ -154,13 +155,15 @@ def add_stream_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
         comments = list(dict.fromkeys(c for _, _, _, c in owners if c))
         groups[first].add_argument(flag(name), type=_converter(annotation), default=argparse.SUPPRESS,
                                    help=f"{' / '.join(comments)} (default {defaults_text})")
+        added.append(name)
+    parser.set_defaults(policy_option_flags=tuple(added))  # what stream_options may read back
 
 
 def stream_options(args: argparse.Namespace) -> dict[str, Any]:
     """The flat `Engine.stream` options parsed by `add_stream_arguments`: the stream fields, and the
     policy options that were given."""
     opts = {name: getattr(args, name) for name in STREAM_FIELDS if name not in NOT_FLAGS and hasattr(args, name)}
-    for name in policy_fields():
-        if name not in STREAM_FIELDS and hasattr(args, name):  # given: absent flags are not set at all
+    for name in getattr(args, "policy_option_flags", ()):
+        if hasattr(args, name):  # given: absent flags are not set at all
             opts[name] = getattr(args, name)
     return opts
