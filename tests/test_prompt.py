@@ -10,6 +10,7 @@ old three-piece tokenisation (head | query | tail) gives other ids than the join
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -152,3 +153,63 @@ def test_eval_asks_the_released_prompt(engine, monkeypatch, tmp_path):
     run_eval(engine, videos, EvalSettings.from_options(policy="rekv", tokens_per_frame=16), progress=False)
     assert asked == [(MC, "What moved?", ANSWER_PREFIX)]
 
+
+# ---- the reproduction commands of docs/fidelity.md, as written ----------------------------------
+def fidelity_commands(section: str) -> list[list[str]]:
+    """The `python -m memstream eval` commands of a "### section" of docs/fidelity.md's reproduction
+    part, expanded by bash as a user would run them (with `python` printing its arguments instead)."""
+    import re
+    import shlex
+    import subprocess
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "fidelity.md").read_text()
+    part = text.split("## Reproducing published rows", 1)[1]
+    block = re.search(rf"### {re.escape(section)}.*?```bash\n(.*?)```", part, re.S).group(1)
+    script = "python() { printf '%s\\n' \"$*\"; }\n" + block
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    return [shlex.split(line)[2:] for line in out.splitlines() if line.startswith("-m memstream eval ")]
+
+
+def parsed(argv: list[str]):
+    from memstream.cli import _parser
+    from memstream.options import check_expert_flag, stream_options
+
+    args = _parser().parse_args(argv)
+    check_expert_flag([args.policy], args.expert)  # what the CLI checks before loading
+    return args, stream_options(args)
+
+
+def test_rekv_reproduction_commands_are_rekvs_budget():
+    commands = fidelity_commands("ReKV on RVS-Ego and RVS-Movie")
+    assert len(commands) == 2
+    for argv in commands:
+        args, opts = parsed(argv)
+        assert (opts["policy"], opts["fps"], opts["topk"], opts["n_local"]) == ("rekv", 0.5, 32, 15000)
+        assert opts["fps"] * 2 == 1.0 and opts["topk"] * 2 == 64  # 2-frame blocks: ReKV's 64 frames at 0.5 fps
+        assert args.max_new_tokens == 256 and args.judge == "openai"
+        assert args.annotations.endswith(("rvs/ego/ego4d_oe.json", "rvs/movie/movienet_oe.json"))
+
+
+def test_memstream_reproduction_commands_are_the_four_aks_only_rows(engine):
+    from memstream.config import StreamConfig
+    from memstream.engine import Engine
+    from memstream.experts import build_tiny_expert
+
+    expert_engine = Engine(engine.backbone, build_tiny_expert())
+
+    commands = fidelity_commands("MemStream")
+    assert len(commands) == 12  # 4 rows x CG-Bench, LVBench, VideoMME-Long
+    rows = {}
+    for argv in commands:
+        args, opts = parsed(argv)
+        bench = Path(args.annotations).stem  # results/{bench}_{row}.jsonl
+        rows.setdefault(Path(args.out).stem.removeprefix(bench + "_"), set()).add(args.annotations)
+        cfg = StreamConfig.from_options(**opts)
+        assert (cfg.fps, cfg.topk, cfg.tokens_per_frame) == (0.5, 32, 256)
+        assert (args.expert == "clip-b32") == (cfg.policy in ("external", "memstream"))
+        # the same flags open a stream (the offline tiny expert standing in for clip-b32)
+        memory = expert_engine.stream(**{**opts, "expert": "tiny" if args.expert != "none" else "none"}).memory
+        assert not getattr(memory, "compress", False)  # AKS-only rows: no patch compression
+        assert getattr(memory, "aks", False) == (cfg.policy in ("memstream-internal", "memstream"))
+    assert rows == {r: {"ann/cgbench.json", "ann/lvbench.json", "ann/videomme_long.json"}
+                    for r in ("rekv", "aks_internal", "external", "aks_moe")}
