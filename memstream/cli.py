@@ -16,7 +16,7 @@ import warnings
 from . import bench, evaluate
 from .engine import load
 from .errors import MemStreamError
-from .options import add_engine_arguments, add_stream_arguments, stream_options
+from .options import add_engine_arguments, add_stream_arguments, check_expert_flag, stream_options
 from .plugins import load_plugins, plugin_args
 
 
@@ -73,6 +73,7 @@ def _retrieval_summary(answer) -> str:
 
 
 def run_ask(args: argparse.Namespace) -> int:
+    check_expert_flag([args.policy], args.expert)  # before minutes of model loading
     engine = load(model=args.model, expert=args.expert, device=args.device)
     stream = engine.stream(**stream_options(args))
     with warnings.catch_warnings(record=True) as caught:

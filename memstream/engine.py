@@ -79,8 +79,9 @@ class Engine:
             raise ConfigError(f"This stream asks for expert {cfg.expert!r} but the engine has {loaded}; "
                               f"load it with memstream.load(..., expert={cfg.expert!r}).")
         if chosen is None and spec.needs_expert:
-            raise ConfigError(f"Policy {cfg.policy!r} ranks blocks with an external expert; load the engine with "
-                              f"expert='clip-b32' (or 'tiny' offline), or pick another policy.")
+            raise ConfigError(f"Policy {cfg.policy!r} ranks blocks with an external expert and this stream has none; "
+                              f"load the engine with expert='clip-b32' (or 'tiny' offline), or pick a policy "
+                              f"without one such as 'memstream-internal'.")
         return chosen
 
     def reference_answer(self, frames: np.ndarray, times: list[float] | np.ndarray | None, question: str, *,
@@ -104,7 +105,8 @@ class Stream:
         self.memory = build_memory(config.policy, bb, config.policy_config, fps=config.fps, expert=self.expert)
         self.memory.ingest_sinks(sink_ids(bb))
         self.frame_size: tuple[int, int] | None = None  # (H, W) pixels, fixed by the first frame
-        self._pending: list[tuple[np.ndarray, float]] = []  # an odd frame waiting for its partner
+        # an odd frame waiting for its partner: (frame at the LLM's size, time, frame as added for the expert)
+        self._pending: list[tuple[np.ndarray, float, np.ndarray | None]] = []
         self._last_time: float | None = None
         self._frames_in_blocks = 0
         self._lock = threading.Lock()  # the memory and the model
@@ -133,8 +135,9 @@ class Stream:
         RGBA, torch tensors, lists of equally sized frames.
 
         Without `times`, frames are spaced 1/fps after the last one. Frames are resized to the
-        stream's token budget (the first frame's aspect ratio fixes the size). Returns the number
-        of blocks added; an odd last frame waits for the next call or `flush()`.
+        stream's token budget (the first frame's aspect ratio fixes the size) for the LLM; an external
+        expert gets them as they were added, and its own preprocessing resizes them to its input size.
+        Returns the number of blocks added; an odd last frame waits for the next call or `flush()`.
         """
         frames = video.to_rgb_frames(frames)
         if self._closed.is_set():
@@ -146,10 +149,14 @@ class Stream:
             resized = video.resize_frames(frames, size)
             self.frame_size = size  # fixed by the first accepted frames, not by rejected ones
             self._last_time = float(times_arr[-1])
-            self._pending.extend(zip(resized, times_arr.tolist()))
+            # the expert's copy: the frames as added, not the LLM's downsized ones (None: no expert)
+            originals = list(frames) if self.expert is not None else [None] * len(frames)
+            self._pending.extend(zip(resized, times_arr.tolist(), originals))
             per = self._bb.spec.frames_per_block
             whole = len(self._pending) // per * per
             batch, self._pending = self._pending[:whole], self._pending[whole:]
+            # a frame left waiting outlives this call: keep the expert's copy, not a view of the caller's array
+            self._pending = [(f, t, None if o is None else o.copy()) for f, t, o in self._pending]
             return self._ingest_pairs(batch)
 
     def flush(self) -> int:
@@ -195,22 +202,24 @@ class Stream:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    def _ingest_pairs(self, pairs: list[tuple[np.ndarray, float]], real: int | None = None) -> int:
-        """Encode and ingest whole blocks of (frame, time) pairs; `real`: frames of a padded block that are
-        real (its times list only those)."""
+    def _ingest_pairs(self, pairs: list[tuple[np.ndarray, float, np.ndarray | None]], real: int | None = None) -> int:
+        """Encode and ingest whole blocks of (frame, time, frame as added) triples; `real`: frames of a padded
+        block that are real (its times list only those)."""
         if not pairs:
             return 0
         t0 = time.perf_counter()
         per = self._bb.spec.frames_per_block
-        frames = np.stack([f for f, _ in pairs])  # [per * k, H, W, 3]
+        frames = np.stack([f for f, _, _ in pairs])  # [per * k, H, W, 3] at the LLM's token budget
         tokens = self._bb.encode_blocks(frames)  # [k, n, hidden]
-        # the expert sees the same frames, batched here so that nothing of it is left for question time
-        embeds = None if self.expert is None else self.expert.embed_images(frames).view(tokens.shape[0], per, -1)
+        # the expert sees the frames as they were added (its preprocessing resizes them to its own input),
+        # batched here so that nothing of it is left for question time
+        embeds = None if self.expert is None else \
+            self._embed_originals([o for _, _, o in pairs]).view(tokens.shape[0], per, -1)
         if self.sync is not None:
             self.sync()
         encoded = time.perf_counter() - t0
         for i in range(tokens.shape[0]):
-            times = tuple(t for _, t in pairs[per * i: per * i + (real or per)])
+            times = tuple(t for _, t, _ in pairs[per * i: per * i + (real or per)])
             while self._waiting:  # a question is queued: let it take the lock first
                 time.sleep(0.0005)
             with self._lock:
@@ -222,6 +231,18 @@ class Stream:
         self._ingest_s += time.perf_counter() - t0
         self._encode_s += encoded  # counted with the blocks: a failed ingest leaves the stats as they were
         return tokens.shape[0]
+
+    def _embed_originals(self, originals: list[np.ndarray]) -> torch.Tensor:
+        """The expert's embeddings [T, D] of frames as added: one batch per run of equally sized frames
+        (a stream's frames may change size between calls; each keeps its own)."""
+        out, run = [], [originals[0]]
+        for frame in originals[1:]:
+            if frame.shape != run[-1].shape:
+                out.append(self.expert.embed_images(np.stack(run)))
+                run = []
+            run.append(frame)
+        out.append(self.expert.embed_images(np.stack(run)))
+        return torch.cat(out)
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, question: str, max_new_tokens: int = 64, stream: bool = False, *, query: str | None = None,
@@ -348,6 +369,7 @@ class Stream:
             "bytes_gpu": working if on_gpu else 0,
             "frame_size": self.frame_size,
             "fps": self.config.fps,
+            "tokens_per_frame": self.config.tokens_per_frame,
             "ingest_s": self._ingest_s,
             "encode_s": self._encode_s,
             "blocks_per_s": blocks / self._ingest_s if self._ingest_s > 0 else None,

@@ -22,6 +22,7 @@ from functools import cache
 from typing import Any
 
 from .config import STREAM_FIELDS, StreamConfig
+from .errors import ConfigError
 from .policies import policy_names, policy_spec
 
 # `name: annotation = default  # comment`, one field per line of a dataclass body
@@ -118,10 +119,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model: str = "tiny") -
     parser.add_argument("--model", default=model,
                         help=f"'tiny' or 'small' (offline random weights), a hub id or a local directory "
                              f"(default: {model})")
+    needing = ", ".join(p for p in policy_names() if policy_spec(p).needs_expert)
     parser.add_argument("--expert", default="none",
-                        help="external retrieval expert: clip-b32, pe-core-b16, tiny (offline random) or none "
-                             "(default: none)")
+                        help="external retrieval expert: clip-b32, pe-core-b16, tiny (offline random) or none; "
+                             f"policies {needing} need one (default: none)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: auto)")
+
+
+def check_expert_flag(policies: list[str], expert: str | None) -> None:
+    """ConfigError (one sentence) when a policy that needs an external expert is run with `--expert none`,
+    before any model loads."""
+    for policy in policies:
+        if policy_spec(policy).needs_expert and expert in (None, "none"):
+            raise ConfigError(f"Policy {policy!r} ranks blocks with an external expert; add --expert clip-b32 "
+                              f"(or --expert tiny offline), or use a policy without one such as memstream-internal.")
 
 
 def add_stream_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None,

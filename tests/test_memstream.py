@@ -197,16 +197,24 @@ def test_per_layer_fused_topk_matches_a_plain_loop(expert_engine):
 
 # ---- external expert ---------------------------------------------------------------------------
 def test_external_scores_are_the_experts_block_scores(expert_engine):
+    """The expert embeds the frames as they were added (its own preprocessing resizes them to its input),
+    not the frames downsized to the LLM's token budget."""
     expert = expert_engine.expert
-    frames = random_frames(7, 60, 100, seed=8)  # odd: the last block is one frame, padded
+    frames = random_frames(7, 252, 420, seed=8)  # odd: the last block is one frame, padded
     whole = ingest(expert_engine, frames, "memstream")
     answer = whole.ask(Q, max_new_tokens=1)
-    resized = video.resize_frames(frames, whole.frame_size)
-    embeds = expert.embed_images(resized)  # [7, D]
     text = expert.embed_text(Q)
-    want = torch.cat([expert.block_scores(text, embeds[i:i + 2][None]) for i in range(0, 7, 2)])
+
+    def block_scores(embeds):  # [7, D] -> [4]: blocks of 2 frames, the last one alone
+        return torch.cat([expert.block_scores(text, embeds[i:i + 2][None]) for i in range(0, 7, 2)])
+
+    assert whole.frame_size == (84, 140)  # the LLM sees 84 x 140 pixels at 8 tokens per frame
+    want = block_scores(expert.embed_images(frames))  # [7, D] of the 252 x 420 originals
     assert answer.trace.external.shape == (4,)
     assert torch.allclose(answer.trace.external, want, atol=1e-6)
+    # what the expert saw before: the LLM's downsized frames, which score differently
+    downsized = block_scores(expert.embed_images(video.resize_frames(frames, whole.frame_size)))
+    assert (answer.trace.external - downsized).abs().max() > 1e-4
     # one block at a time gives the same scores as one batch
     stepwise = expert_engine.stream(policy="memstream", fps=1.0, tokens_per_frame=8)
     for i in range(0, 6, 2):
@@ -325,3 +333,112 @@ def test_set_retrieval_equals_a_stream_opened_with_those_settings(expert_engine,
     with pytest.raises(memstream.ConfigError, match="topk"):
         stream.set_retrieval(topk=0)
     assert stream.config.topk == 2  # a refused change changes nothing
+
+
+# ---- fidelity to the paper (docs/fidelity.md, "MemStream") -------------------------------------
+def test_memstream_without_an_expert_is_a_config_error(engine, expert_engine):
+    """`memstream` fuses two rankings; without an expert it is refused in one sentence that names the
+    internal-only row, instead of quietly becoming memstream-internal."""
+    from memstream.policies import MemStreamConfig, MemStreamMemory, policy_spec
+
+    assert policy_spec("memstream").needs_expert and not policy_spec("memstream-internal").uses_expert
+    for attempt in (lambda: engine.stream(policy="memstream"),  # an engine without an expert
+                    lambda: expert_engine.stream(policy="memstream", expert="none")):  # one switched off
+        with pytest.raises(memstream.ConfigError) as err:
+            attempt()
+        message = str(err.value)
+        assert "memstream-internal" in message and "expert" in message
+        assert message.count(". ") == 0 and message.endswith(".")  # one sentence
+    with pytest.raises(memstream.ConfigError, match="memstream-internal"):
+        MemStreamMemory(engine.backbone, MemStreamConfig(), fps=1.0)  # ranking "fused", no expert
+    assert engine.stream(policy="memstream-internal").expert is None  # the internal-only row needs none
+    assert expert_engine.stream(policy="memstream").expert is expert_engine.expert
+
+
+def test_aks_keeps_a_fixed_count_per_block_by_default(engine):
+    """The project page: AKS keeps the top-k least similar patches, k fixed. Planted: two token budgets
+    whose blocks hold different numbers of tokens; the window keeps exactly k of every past block at
+    both, while a fraction (still accepted) keeps a share that grows with the block."""
+    from memstream.policies import MemStreamConfig
+    from memstream.policies.memstream import AKS_KEEP
+
+    assert MemStreamConfig().aks_keep == AKS_KEEP == 128 and type(AKS_KEEP) is int
+    frames = random_frames(6, 112, 112, seed=12)
+    sizes = {}
+    for tpf in (100, 200):
+        stream = ingest(engine, frames, "memstream-internal", tokens_per_frame=tpf, compress_threshold=None,
+                        n_local=10**6)
+        mem, st = stream.memory, stream.stats()
+        n = mem.blocks[0].n_tokens
+        sizes[tpf] = n
+        assert n > AKS_KEEP and mem.kept == [n, AKS_KEEP, AKS_KEEP]  # the first block keeps all
+        assert mem.window_tokens() == n + 2 * AKS_KEEP
+        assert st["aks_k"] == AKS_KEEP and st["aks_keep"] == AKS_KEEP and st["tokens_per_frame"] == tpf
+        frac = ingest(engine, frames, "memstream-internal", tokens_per_frame=tpf, compress_threshold=None,
+                      aks_keep=0.25, n_local=10**6)
+        k = -(-n // 4)  # a fraction rounds up
+        assert frac.memory.kept == [n, k, k] and frac.stats()["aks_k"] == k and frac.stats()["aks_keep"] == 0.25
+    assert sizes[100] < sizes[200]  # the budgets really differ
+
+
+def test_stats_record_k_tokens_per_frame_and_the_expert(expert_engine):
+    stream = ingest(expert_engine, random_frames(4, seed=13), "memstream", tokens_per_frame=8)
+    st = stream.stats()
+    n = stream.memory.blocks[0].grid[0] * stream.memory.blocks[0].grid[1]
+    assert st["expert"] == "tiny" and st["external_expert"] is True and st["tokens_per_frame"] == 8
+    assert st["aks_keep"] == 128 and st["aks_k"] == min(128, n) == n  # 16 tokens per block: k covers them all
+    off = ingest(expert_engine, random_frames(4, seed=13), "external", tokens_per_frame=8).stats()
+    assert off["aks_k"] is None and off["aks"] is False and off["expert"] == "tiny"
+    internal = ingest(expert_engine, random_frames(4, seed=13), "memstream-internal").stats()
+    assert internal["expert"] is None and internal["external_expert"] is False
+
+
+def test_expert_sees_each_frame_as_added_across_calls_and_sizes(expert_engine):
+    """A block may pair a waiting frame of one call with the first frame of the next, even of another size;
+    the expert embeds each as it was added, and a caller reusing its array afterwards changes nothing."""
+    expert = expert_engine.expert
+    big, small = random_frames(3, 252, 420, seed=14), random_frames(3, 126, 210, seed=15)
+    want = torch.cat([expert.embed_images(big), expert.embed_images(small)])  # [6, D]
+    stream = expert_engine.stream(policy="memstream", fps=1.0, tokens_per_frame=8)
+    buffer = big.copy()
+    stream.add_frames(buffer, [0.0, 1.0, 2.0])  # frame 2 waits for its partner
+    buffer[:] = 0  # the caller reuses its array
+    stream.add_frames(small, [3.0, 4.0, 5.0])
+    text = expert.embed_text(Q)
+    got = stream.ask(Q, max_new_tokens=1).trace.external
+    expect = torch.stack([expert.block_scores(text, want[i:i + 2][None])[0] for i in range(0, 6, 2)])
+    assert torch.allclose(got, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("row, options, flags", [
+    # the paper's four rows (docs/fidelity.md): compression is ours, off to reproduce them
+    ("ReKV", {"policy": "rekv"}, {}),
+    ("AKS (Internal)", {"policy": "memstream-internal", "compress_threshold": None},
+     {"compression": False, "aks": True, "external_expert": False}),
+    ("Full (External)", {"policy": "external"}, {"compression": False, "aks": False, "external_expert": True}),
+    ("AKS (MoE)", {"policy": "memstream", "compress_threshold": None},
+     {"compression": False, "aks": True, "external_expert": True}),
+])
+def test_the_papers_rows_are_aks_only(expert_engine, row, options, flags):
+    stream = ingest(expert_engine, np.repeat(random_frames(1, seed=16), 6, axis=0), tokens_per_frame=8, **options)
+    st = stream.stats()
+    assert st["tokens_stored"] == st["tokens_raw"]  # a static clip, and still nothing dropped
+    assert {k: st[k] for k in flags} == flags
+
+
+def test_cli_refuses_memstream_without_an_expert_before_loading(monkeypatch, capsys, tmp_path):
+    import memstream.evaluate.command as eval_command
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(cli, "load", no_load)
+    monkeypatch.setattr(eval_command, "load", no_load)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps([{"video_id": "v", "video_path": str(SAMPLE),
+                                "conversations": [{"question": "What moves?", "answer": "a square"}]}]))
+    for argv in (["ask", str(SAMPLE), "What moves?", "--policy", "memstream"],
+                 ["eval", str(ann), "--policy", "memstream", "--no-progress"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: Policy 'memstream'") and "memstream-internal" in err and err.count("\n") == 0

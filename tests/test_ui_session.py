@@ -104,7 +104,8 @@ def test_settings_change_reingests_and_compare_answers_twice(manager):
 
 
 def test_webcam_frames_fill_memory_and_a_stop_is_reported(engine):
-    m = SessionManager(engine, Settings(tokens_per_frame=16, fps=8.0), Limits(webcam_gap_s=0.4))
+    m = SessionManager(engine, Settings(policy="memstream-internal", tokens_per_frame=16, fps=8.0),
+                       Limits(webcam_gap_s=0.4))
     try:
         s = m.get("cam")
         rng = np.random.default_rng(0)
@@ -143,11 +144,13 @@ def test_stream_options_are_valid_library_options(engine):
     from memstream.errors import ConfigError
 
     settings = Settings(expert="none").with_options(fusion_c=30.0, budget=128)
-    for policy in ("rekv", "memstream", "hermes"):
+    for policy in ("rekv", "memstream-internal", "hermes"):
         cfg = engine.stream_config(policy=policy, **settings.stream_options(policy))
         assert cfg.expert is None  # each policy gets the options it takes, and only those
-    assert engine.stream_config(policy="memstream", **settings.stream_options("memstream")).fusion_c == 30.0
+    cfg = engine.stream_config(policy="memstream-internal", **settings.stream_options("memstream-internal"))
+    assert cfg.fusion_c == 30.0
     assert engine.stream_config(policy="hermes", **settings.stream_options("hermes")).budget == 128
-    with pytest.raises(ConfigError, match="external expert"):  # no expert loaded: refused before any ingest
-        engine.stream_config(policy="external", **settings.stream_options("external"))
+    for policy in ("external", "memstream"):  # no expert loaded: refused before any ingest
+        with pytest.raises(ConfigError, match="external expert"):
+            engine.stream_config(policy=policy, **settings.stream_options(policy))
     assert Settings(compare="rekv", policy="rekv").policies() == ["rekv"]  # a policy compared with itself: one

@@ -8,7 +8,7 @@ import sys
 
 from ..checks import MAX_NEW_TOKENS
 from ..engine import load
-from ..options import add_engine_arguments, add_stream_arguments, stream_options
+from ..options import add_engine_arguments, add_stream_arguments, check_expert_flag, stream_options
 from .annotations import load_annotations
 from .errors import EvalError
 from .judge import make_judge
@@ -59,6 +59,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     settings = EvalSettings.from_options(model=args.model, max_new_tokens=args.max_new_tokens, mode=args.mode,
                                          expert=None if args.expert == "none" else args.expert,
                                          **stream_options(args))
+    check_expert_flag([settings.stream.policy], args.expert)
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         raise EvalError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
     for vid in missing:

@@ -1,11 +1,13 @@
 """Multiple-choice prompts and letters: building the prompt, normalising answers, scoring the letter.
 
-The prompt follows ReKV's offline multiple-choice format: the user turn is
+The prompt follows ReKV's released multiple-choice format (`video_qa/base.py`, `format_mcqa_prompt`):
+the user turn is
 
     Question: What is the man holding?
     Options:
     (A) a cup
     (B) a phone
+    Only give the best option.
 
 the assistant's turn opens with "Best option: (" (`Stream.ask(..., answer_prefix=...)`), and the
 blocks are scored with the question text alone (`query=`), not the options. The answer is the
@@ -24,7 +26,8 @@ from ..backbones import Backbone
 from ..errors import ConfigError
 
 MAX_CHOICES = len(ascii_uppercase)  # options are lettered A..Z
-ANSWER_PREFIX = "Best option: ("
+ANSWER_PREFIX = "Best option: ("  # opens the assistant's turn, as ReKV's release does
+MC_INSTRUCTION = "Only give the best option."  # the last line of ReKV's multiple-choice user turn
 _LABEL = re.compile(r"^\s*\(?([A-Za-z])\s*[).:]\s*(.*)$", re.S)  # "(A) x", "A. x", "A) x", "A: x"
 
 
@@ -74,10 +77,10 @@ def answer_index(answer: str | int, choices: tuple[str, ...] | list[str]) -> int
 
 
 def mc_prompt(question: str, choices: tuple[str, ...] | list[str]) -> str:
-    """The user turn of a multiple-choice question; ask it with `answer_prefix=ANSWER_PREFIX` so the
-    next token is the letter."""
+    """The user turn of a multiple-choice question, worded as ReKV's release words it; ask it with
+    `answer_prefix=ANSWER_PREFIX` so the next token is the letter."""
     options = "\n".join(f"({letter}) {choice}" for letter, choice in zip(ascii_uppercase, choices))
-    return f"Question: {question}\nOptions:\n{options}"
+    return f"Question: {question}\nOptions:\n{options}\n{MC_INSTRUCTION}"
 
 
 def letter_token_ids(bb: Backbone, n: int) -> list[int]:

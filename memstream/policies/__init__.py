@@ -105,8 +105,8 @@ register_policy("full", FullMemory, config=FullConfig,
                 summary="every block attended: the correctness oracle, short clips only")
 register_policy("rekv", RekvMemory, config=RekvConfig,
                 summary="ReKV: sliding window + per-layer top-k block retrieval")
-register_policy("memstream", MemStreamMemory, config=MemStreamConfig, uses_expert=True,
-                summary="MemStream: AKS + patch compression + internal/external rank fusion")
+register_policy("memstream", MemStreamMemory, config=MemStreamConfig, needs_expert=True,
+                summary="MemStream: AKS + patch compression + internal/external rank fusion (needs an expert)")
 register_policy("memstream-internal", partial(MemStreamMemory, ranking="internal"), config=MemStreamConfig,
                 summary="MemStream ablation: AKS + compression, internal ranking only")
 register_policy("external", partial(MemStreamMemory, compress=False, aks=False, ranking="external"),

@@ -3,7 +3,7 @@
 Policies (all built from `MemStreamMemory`, its remedies switched by constructor flags):
 
     memstream           compression + AKS + rank fusion of internal and external retrieval
-                        (without an expert: internal retrieval only, like memstream-internal)
+                        (needs an external expert: without one it is a ConfigError, use memstream-internal)
     memstream-internal  compression + AKS, internal retrieval over the AKS representative keys
     external            ReKV's dense window and store, every layer retrieves the external top-k
 
@@ -20,7 +20,10 @@ Per block, in order:
    sliding window keeps of the block and what its representative key averages; the block store keeps
    every stored token, since retrieval brings back whole blocks. The block attends to all of its own
    tokens during its own forward; only afterwards does it shrink to its kept tokens in the window.
+   As on the paper's project page, k is a fixed count by default (`AKS_KEEP` = 128 per 2-frame block,
+   64 per frame: docs/fidelity.md says why); a fraction of the block's tokens is an option value.
 3. **External expert**: one mean frame embedding per block, compared with the question's embedding.
+   The expert embeds the frames as they were added to the stream, at its own input resolution.
 4. **Fusion** at question time: per layer, that layer's internal scores and the external scores are
    fused by reciprocal rank (fusion.py) and the fused top-k is retrieved.
 """
@@ -46,11 +49,14 @@ from .base import BlockInfo, IngestCache, need
 from .rekv import RekvConfig, RekvMemory, RetrievalQuestionCache
 
 RANKINGS = ("fused", "internal", "external")
+# AKS's k: tokens of each past block the sparse window keeps. 64 per frame (128 per 2-frame block): the
+# budget at which ReKV's dense window retrieves well, so the window stays that sparse as the budget grows
+AKS_KEEP = 128
 
 
 @dataclass(frozen=True)
 class MemStreamConfig(RekvConfig):
-    aks_keep: int | float = 0.25  # AKS: tokens of each past block the window keeps: a count (64) or a fraction (0.25)
+    aks_keep: int | float = AKS_KEEP  # AKS k: tokens of each past block the window keeps: a count or a fraction
     aks_scope: str = "layer"  # AKS chooses per "layer" (heads together) or per KV "head"
     compress_threshold: float | None = 0.95  # drop patches whose cosine to the last stored one exceeds this; None = off
     compress_floor: int | float = 0.05  # tokens always stored per block: a count or a fraction
@@ -84,7 +90,7 @@ class MemStreamMemory(RekvMemory):
 
     The variants differ only in these flags: `compress` (remedy 3; also off when compress_threshold is
     None), `aks` (remedy 2; off = ReKV's dense window and mean key) and `ranking`: "fused" (rank fusion of
-    internal and external scores; internal only without an expert), "internal" or "external" (needs one).
+    internal and external scores), "internal" or "external"; "fused" and "external" need an expert.
     """
 
     def __init__(self, backbone: Backbone, config: MemStreamConfig, *, fps: float, expert: Any = None,
@@ -95,6 +101,10 @@ class MemStreamMemory(RekvMemory):
         if ranking == "external" and expert is None:
             raise ConfigError("This policy ranks blocks with an external expert only; load the engine with "
                               "expert='clip-b32' (or 'tiny' offline), or pick another policy.")
+        if ranking == "fused" and expert is None:
+            raise ConfigError("MemStream fuses the internal ranking with an external expert's; load the engine "
+                              "with expert='clip-b32' (or 'tiny' offline), or use policy 'memstream-internal' "
+                              "for MemStream without one.")
         self.ranking = ranking
         self.compress = compress and config.compress_threshold is not None  # remedy 3
         self.aks = aks  # remedy 2
@@ -205,14 +215,19 @@ class MemStreamMemory(RekvMemory):
         return super().device_bytes() + sum(r.numel() * r.element_size() for r in refs)
 
     def stats(self) -> dict:
-        """The window memory's sizes plus: aks_kept_tokens (tokens of each block the sparse window and the
-        representative key use, mean over blocks; the first block keeps all), aks_kept_fraction
+        """The window memory's sizes plus: aks_keep (the option as set: a count or a fraction), aks_k (the
+        tokens AKS keeps of a whole block of this stream: aks_keep resolved against its gh*gw tokens; None
+        before the first block or with AKS off), aks_kept_tokens (tokens of each block the sparse window and
+        the representative key use, mean over blocks; the first block keeps all), aks_kept_fraction
         (kept / stored), tokens_dropped (by compression), bytes_external (the stored frame embeddings),
         bytes_references (the per-cell compression and AKS references) and which remedies are on."""
         st = super().stats()
         n, stored = len(self.blocks), st["tokens_stored"]
         refs = [r for r in (self.cell_ref, *self.key_ref) if r is not None]
+        cells = self.blocks[-1].grid[0] * self.blocks[-1].grid[1] if n else 0
         st.update({
+            "aks_keep": self.cfg.aks_keep,
+            "aks_k": resolve_count(self.cfg.aks_keep, cells) if self.aks and n else None,
             "aks_kept_tokens": sum(self.kept) / n if n else None,
             "aks_kept_fraction": sum(self.kept) / stored if stored else None,
             "tokens_dropped": st["tokens_raw"] - stored,
@@ -251,7 +266,7 @@ class MemStreamQuestionCache(RetrievalQuestionCache):
 
     def select(self, layer: int, scores: torch.Tensor) -> torch.Tensor:
         cfg = self.mem.cfg
-        if self.external is None:  # ranking "internal", or "fused" without an expert
+        if self.external is None:  # ranking "internal"
             key = scores
         elif self.mem.ranking == "external":
             key = self.external.to(scores.device)
