@@ -148,8 +148,7 @@ def test_trace_attention_equals_the_models_own_softmax(engine):
         visible = torch.arange(k_len)[None, :] <= torch.arange(s_new)[:, None] + k_len - s_new
         probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), -1)[:, rows].mean(dim=(0, 1))
         held = probs[k_len - s_new - state.n: k_len - s_new]  # the held tokens precede the prompt
-        visual = ~state.is_summary  # summary tokens belong to no block
-        want = torch.zeros(len(stream.memory.blocks)).index_add_(0, state.block[visual], held[visual])
+        want = torch.zeros(len(stream.memory.blocks)).index_add_(0, state.block, held)
         assert torch.allclose(trace.internal[layer], want, atol=1e-6)
 
 

@@ -291,8 +291,10 @@ def test_budget_holds_with_round_summaries_and_stats_add_up(engine):
     assert stats["tokens_per_layer"] == [40, 40] and stats["layer_roles"] == ["middle", "deep"]
     assert stats["summary_tokens"] == [0, mem.layers[1].n_summaries]
     trace = stream.ask("What is there?", max_new_tokens=2).trace
-    visual = [n - k for n, k in zip(stats["tokens_per_layer"], stats["summary_tokens"])]
-    assert trace.kept.sum(1).tolist() == visual  # summaries belong to no block
+    assert trace.kept.sum(1).tolist() == stats["tokens_per_layer"]  # a summary counts for the block it follows
+    deep = mem.layers[1]
+    last = int(deep.block[deep.is_summary][-1])  # the newest summary follows the block that completed its chunk
+    assert int(trace.kept[1, last]) == int((deep.block == last).sum())
 
 
 # ---- smoothing and compaction ----------------------------------------------------------------------

@@ -616,15 +616,15 @@ class HermesReadCache:
 
     def trace(self) -> RetrievalTrace:
         """internal[l, b]: the question's attention mass on block b's tokens held in layer l (0 when
-        it holds none); selected[l]: blocks layer l holds a token of; kept[l, b]: how many. Summary
-        tokens belong to no block and are left out."""
+        it holds none); selected[l]: blocks layer l holds a token of; kept[l, b]: how many. A per-round
+        summary token counts for the block it follows (the one that completed its chunk), so each
+        layer's counts add up to the tokens it holds."""
         n = len(self.mem.blocks)
         times = torch.tensor([b.start_s for b in self.mem.blocks])
         internal, kept, selected = [], [], []
         for state, mass in zip(self.layers, self.held_mass()):
-            visual = ~state.is_summary
-            internal.append(torch.zeros(n).index_add_(0, state.block[visual], mass[visual].float()))
-            count = torch.bincount(state.block[visual], minlength=n)
+            internal.append(torch.zeros(n).index_add_(0, state.block, mass.float()))
+            count = torch.bincount(state.block, minlength=n)
             kept.append(count)
             selected.append(count.nonzero().flatten())
         return RetrievalTrace.build(times, torch.stack(internal), selected, policy=self.mem.policy,
