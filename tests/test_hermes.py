@@ -23,6 +23,9 @@ from memstream.policies.hermes import HermesConfig, HermesMemory
 from memstream.prompt import question_ids
 
 Q = "What is there?"
+# Our choices before the fidelity work, each a named option now (the defaults follow the release).
+OURS = dict(role_rounding="ceil", recency="block", pseudo_queries="averaged", pseudo_forward="model",
+            summary="running", smoothing="identity", compaction="slots")
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample.mp4"
 
 
@@ -42,15 +45,16 @@ def hermes_stream(engine, frames, tokens_per_frame=16, **hermes) -> memstream.St
 
 
 def test_layer_roles_follow_the_alpha_kappa_schedule():
-    roles = hs.layer_roles(HermesConfig(), 10)  # 1 shallow, 6 middle, 3 deep
+    ceil = HermesConfig(role_rounding="ceil")
+    roles = hs.layer_roles(ceil, 10)  # 1 shallow, 6 middle, 3 deep
     assert [r.name for r in roles] == ["shallow"] + ["middle"] * 6 + ["deep"] * 3
     assert (roles[0].alpha, roles[0].kappa, roles[0].gamma) == (1.0, 20.0, 0.1)
     assert roles[1].alpha == pytest.approx(0.75) and roles[1].kappa == pytest.approx(20.0)
     assert roles[6].alpha == pytest.approx(0.15) and roles[6].kappa == pytest.approx(8.0)
     assert roles[3].alpha == pytest.approx(0.75 - 0.6 * 0.4) and roles[3].gamma == 0.3
     assert all(r.alpha == 0.0 and r.gamma == 0.4 for r in roles[7:])
-    assert [r.name for r in hs.layer_roles(HermesConfig(), 2)] == ["shallow", "deep"]
-    assert [r.name for r in hs.layer_roles(HermesConfig(), 1)] == ["deep"]
+    assert [r.name for r in hs.layer_roles(ceil, 2)] == ["shallow", "deep"]
+    assert [r.name for r in hs.layer_roles(ceil, 1)] == ["deep"]
 
 
 def test_shallow_keeps_newest_and_deep_keeps_planted_attention():
@@ -90,7 +94,8 @@ def test_attention_mass_is_a_hand_softmax_with_gqa_and_causal_rows():
 
 def test_budget_holds_in_every_layer_after_every_chunk(engine):
     """40 blocks of 32 tokens (1280) through a 40-token budget, compressing every 2 blocks."""
-    stream = engine.stream(policy="hermes", fps=1.0, tokens_per_frame=16, budget=40, chunk_frames=4)
+    stream = engine.stream(policy="hermes", fps=1.0, tokens_per_frame=16, budget=40, chunk_frames=4,
+                           summary="running")
     mem = stream.memory
     frames = random_frames(80, 56, 112, seed=3)
     for i in range(0, 80, 2):
@@ -108,7 +113,8 @@ def test_budget_holds_in_every_layer_after_every_chunk(engine):
 def test_planted_pseudo_attention_decides_the_deep_layer(engine, monkeypatch):
     # the pseudo questions attend to cell 5 of every block (ties broken toward the newest)
     monkeypatch.setattr(HermesMemory, "_pseudo_attention", lambda self, layers: [(s.cell == 5).float() for s in layers])
-    stream = hermes_stream(engine, random_frames(24, 56, 112, seed=5), budget=6, chunk_frames=4, shallow_gamma=0.0)
+    stream = hermes_stream(engine, random_frames(24, 56, 112, seed=5), budget=6, chunk_frames=4, shallow_gamma=0.0,
+                           role_rounding="ceil", summary="running")
     shallow, deep = stream.memory.layers
     n_blocks = len(stream.memory.blocks)
     # shallow: exactly the 6 newest tokens (the last cells of the last block)
@@ -174,13 +180,14 @@ def test_summary_is_the_mean_of_everything_evicted(engine, monkeypatch):
     calls: list[tuple[list, list]] = []
     real = HermesMemory._compress
 
-    def spy(self, layers):
-        out = real(self, layers)
+    def spy(self, layers, *rest):
+        out, compressed = real(self, layers, *rest)
         calls.append((layers, out))
-        return out
+        return out, compressed
 
     monkeypatch.setattr(HermesMemory, "_compress", spy)
-    stream = hermes_stream(engine, random_frames(20, 56, 84, seed=7), tokens_per_frame=8, budget=10, chunk_frames=4)
+    stream = hermes_stream(engine, random_frames(20, 56, 84, seed=7), tokens_per_frame=8, budget=10, chunk_frames=4,
+                           summary="running")
     mem, bb = stream.memory, engine.backbone
     keys, values = [], []
     for before, after in calls:
@@ -205,9 +212,9 @@ def test_hermes_with_a_budget_larger_than_the_stream_equals_full(engine):
     full = engine.stream(policy="full", fps=1.0, tokens_per_frame=8)
     full.add_frames(frames, np.arange(8.0))
     want = full.ask(Q, max_new_tokens=3)
-    for positions in ("lazy", "eager"):
+    for positions, options in [(p, o) for p in ("lazy", "eager") for o in ({}, OURS)]:  # released and ours
         stream = engine.stream(policy="hermes", fps=1.0, tokens_per_frame=8,
-                               budget=10**6, chunk_frames=2, positions=positions)
+                               budget=10**6, chunk_frames=2, positions=positions, **options)
         stream.add_frames(frames, np.arange(8.0))
         got = stream.ask(Q, max_new_tokens=3)
         assert (got.first_logits - want.first_logits).abs().max().item() < 1e-5
@@ -217,8 +224,9 @@ def test_hermes_with_a_budget_larger_than_the_stream_equals_full(engine):
 
 def test_eager_and_lazy_compaction_put_held_blocks_in_consecutive_slots(engine):
     frames = random_frames(40, 56, 112, seed=8)
-    eager = hermes_stream(engine, frames, budget=40, chunk_frames=4, positions="eager")
-    lazy = hermes_stream(engine, frames, budget=40, chunk_frames=4)
+    eager = hermes_stream(engine, frames, budget=40, chunk_frames=4, positions="eager", compaction="slots",
+                          summary="running")
+    lazy = hermes_stream(engine, frames, budget=40, chunk_frames=4, compaction="slots", summary="running")
     for stream in (eager, lazy):
         mem = stream.memory
         assert mem.compactions == (10 if stream is eager else 0)
@@ -260,7 +268,8 @@ def test_failed_compression_leaves_memory_untouched(engine, monkeypatch):
 
 
 def test_after_answer_prefixes_pseudo_questions(engine):
-    stream = hermes_stream(engine, random_frames(4, 56, 84, seed=11), tokens_per_frame=8, budget=5)
+    stream = hermes_stream(engine, random_frames(4, 56, 84, seed=11), tokens_per_frame=8, budget=5,
+                           pseudo_queries="averaged")
     mem = stream.memory
     plain = mem._pseudo_prompts()
     answer = stream.ask("Where is the cat?", max_new_tokens=3)
@@ -274,7 +283,7 @@ def test_after_answer_prefixes_pseudo_questions(engine):
 
 
 def test_stats_and_trace_shapes(engine):
-    stream = hermes_stream(engine, random_frames(20, 56, 112, seed=12), budget=40, chunk_frames=4)
+    stream = hermes_stream(engine, random_frames(20, 56, 112, seed=12), budget=40, chunk_frames=4, summary="running")
     stats = stream.stats()
     for key in ("tokens_stored", "tokens_raw", "compression_ratio", "tokens_per_block", "bytes_per_block",
                 "sink_tokens", "window_tokens", "bytes_cpu", "bytes_gpu", "tokens_per_layer", "summary_tokens"):
@@ -299,7 +308,10 @@ def test_stats_and_trace_shapes(engine):
     ("shallow_ratio", 0.8, "shallow_ratio + deep_ratio"), ("deep_alpha", 2.0, "deep_alpha"),
     ("middle_alpha", (0.5,), "middle_alpha"), ("shallow_kappa", -1.0, "shallow_kappa"),
     ("positions", "compact", "'lazy' or 'eager'"), ("pseudo_questions", (), "pseudo_questions"),
-    ("compact_margin", -5, "compact_margin"), ("summary", "yes", "summary"),
+    ("compact_margin", -5, "compact_margin"), ("summary", "yes", "summary"), ("summary", True, "'running'"),
+    ("role_rounding", "floor", "'int' or 'ceil'"), ("recency", "age", "recency"),
+    ("pseudo_queries", "local", "pseudo_queries"), ("pseudo_forward", "eager", "'manual' or 'model'"),
+    ("smoothing", "cells", "smoothing"), ("compaction", "shift", "'ranks' or 'slots'"),
 ])
 def test_bad_hermes_settings_give_one_sentence(engine, field, value, words):
     with pytest.raises(ConfigError) as err:

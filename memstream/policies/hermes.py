@@ -1,37 +1,54 @@
 """HERMES: a hierarchical KV memory with a fixed per-layer token budget (arXiv 2601.14724).
 
-No retrieval at question time. Every layer holds the sinks plus at most `budget` visual tokens of
-its own choosing (layers differ), and deep layers one running summary token of everything they
-evicted. Per decoder layer:
+No retrieval at question time. Every layer holds the sinks plus at most `budget` tokens of its own
+choosing (layers differ). Per decoder layer:
 
     sinks    [1, Hkv, n_sink, d]   system prompt, always attended
-    summary  [1, Hkv, 0 or 1, d]   deep layers: mean of every evicted key (re-rotated) and value
-    held     [1, Hkv, n, d]        visual tokens in time order, each with its (block, cell, position)
+    running  [1, Hkv, 0 or 1, d]   summary "running" only: mean of every key and value a deep layer evicted
+    held     [1, Hkv, n, d]        visual tokens in cache order, each with its (block, cell, position);
+                                   summary "round": also the deep layers' per-round summary tokens
 
-Ingest: a block attends to sinks + summary + held (which includes the not yet compressed blocks of
-the current chunk). After every `chunk_frames / 2` blocks the memory compresses: pseudo questions
-("describe the current scene", "summarise the narrative", prefixed by the last question and answer
-once there was one) run as forwards over the cache; their attention to each held token, mixed with
-a recency prior per layer role and smoothed deep -> shallow (`hermes_layers.py`), decides the
-top-`budget` tokens each layer keeps. A question is a plain prefill over the compact cache, its
-keys/values dropped afterwards.
+Defaults follow the authors' release (read as github azaj01/HERMES: `inference/qwenvl_hermes.py`,
+`video_qa/hermes_vqa.py`); every place where we used to differ is an option, listed with the reasons in
+docs/fidelity.md. Ingest: a block attends to sinks + held (which includes the not yet compressed blocks
+of the current chunk). After every `chunk_frames / 2` blocks, when layer 0 holds more than `budget`
+tokens counting the sinks (the release's test), the memory compresses:
 
-Positions: "lazy" keeps every token's original M-RoPE position and compacts only when the next
-block would come within `compact_margin` of the model's `max_position_embeddings`; "eager" compacts
-after every compression. Compacting puts each layer's held blocks in consecutive temporal slots
-(slot j at t = video start + floor(j * interval)) by re-rotating their keys, exactly; the next block
-takes the slot after the fullest layer's last one. The summary token sits at the video start
-(t = h = w = video start) and never moves.
+1. Pseudo queries score every held token. `pseudo_queries` "roles": shallow layers take the attention of
+   the released *local* prompt, deep layers of the *global* prompt, middle layers of the *mixed* one
+   (local + "; " + global), each the bare text right after the video, averaged over all its tokens and
+   over heads; after a turn both prompts are prefixed by the last question and answer (a bare option
+   letter mapped to its option's text). `pseudo_forward` "manual" reproduces the release's own
+   computation under sdpa / flash attention: every layer's queries and keys come from the token
+   embeddings (the hidden state is never advanced) and the prompt's tokens see each other without a
+   causal mask; "model" is a real forward.
+2. Scores mix attention with a recency prior per layer role and are smoothed deep -> shallow
+   (`hermes_layers.py`); each layer keeps its top tokens: `budget`, or in deep layers with
+   summary "round" `budget - 1` plus one new summary token, the mean of that round's evicted tokens
+   (keys re-rotated exactly to it), at the newest position (max kept position + 1, all three M-RoPE
+   components). Earlier summaries are held tokens like any other: scored, kept or folded again.
 
-Pseudo-question attention: the mean over heads and over the pseudo question's own tokens (not the
-conversation prefix) of their softmax attention, computed from the captured position-free queries
-rotated to their positions, against every key the layer attends to (GQA: each query head on its KV
-head). Every layer keeps the same number of tokens (min(budget, held)); which ones differ per layer.
+A question is a plain prefill over the compact cache, its keys/values dropped afterwards.
+
+Positions: "lazy" keeps every token's position and compacts only when the next block would come within
+`compact_margin` of the model's `max_position_embeddings`; "eager" compacts at every compression (before
+the round's summaries are placed, as released). `compaction` "ranks" (released) replaces each position
+component of the held tokens by its rank among that component's values, from the video start; "slots"
+moves held blocks to consecutive temporal slots (a summary moves with the block it follows). Keys are
+re-rotated by the exact position delta; the next block takes the first temporal slot after every held
+token.
+
+Pseudo-query attention is computed from the captured position-free queries rotated to their positions,
+against every key the layer attends to (GQA: each query head on its KV head).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,28 +62,48 @@ from . import hermes_layers as hl
 from .base import BlockInfo, IngestCache, Memory, PolicyConfig, need
 from .hermes_layers import LayerMemory
 
+# The released pseudo-query wording (`predict_next_question` in the release's inference/qwenvl_hermes.py).
+LOCAL_PROMPT = ("Describe the current scene in detail, focusing on specific objects, fine-grained actions, "
+                "and spatial relationships.")
+GLOBAL_PROMPT = ("Summarize the video narrative, identifying main characters, key events, timeline changes, "
+                 "and the overall theme.")
+# Which prompt's attention scores each layer role (pseudo_queries "roles").
+ROLE_PROMPT = {"shallow": "local", "middle": "mixed", "deep": "global"}
+
+# An answer that is a bare option letter ("B", "(B)", "B."), and "X) " labels left inside an answer.
+_BARE_LETTER = re.compile(r"\s*\(?([A-Z])\)?\.?\s*")
+_LETTER_LABEL = re.compile(r"[A-Z]\) ")
+# One option line of a multiple-choice prompt: "(A) text".
+_OPTION_LINE = re.compile(r"^\(([A-Z])\)[ \t]*(.+?)[ \t]*$", re.M)
+
 
 @dataclass(frozen=True)
 class HermesConfig(PolicyConfig):
     """HERMES settings (every field also a flat `Engine.stream` option and a CLI flag)."""
 
-    budget: int = 6000  # visual tokens each layer keeps after a compression (sinks and summary not counted)
+    budget: int = 6000  # tokens each layer keeps per compression (sinks excluded; round summaries included)
     chunk_frames: int = 16  # frames between two compressions (even: a block is 2 frames)
-    shallow_ratio: float = 0.1  # first ceil(ratio * L) layers are "shallow" (sensory memory)
-    deep_ratio: float = 0.3  # last ceil(ratio * L) layers are "deep" (long-term memory)
+    role_rounding: str = "int"  # layer roles: 'int' l < int(r*L) as released, or 'ceil' (first/last ceil(r*L))
+    shallow_ratio: float = 0.1  # fraction of layers that are "shallow" (sensory memory), from the first
+    deep_ratio: float = 0.3  # fraction of layers that are "deep" (long-term memory), from the last
     shallow_alpha: float = 1.0  # recency weight alpha in shallow layers (1 = keep the newest tokens)
     shallow_kappa: float = 20.0  # recency decay kappa in shallow layers
-    middle_alpha: tuple[float, float] = (0.75, 0.15)  # alpha at the middle band's first / last layer (0.75 - 0.6p)
-    middle_kappa: tuple[float, float] = (20.0, 8.0)  # kappa at the middle band's first / last layer (20 - 12p)
+    middle_alpha: tuple[float, float] = (0.75, 0.15)  # alpha at relative middle depth 0 / 1 (0.75 - 0.6p)
+    middle_kappa: tuple[float, float] = (20.0, 8.0)  # kappa at relative middle depth 0 / 1 (20 - 12p)
     deep_alpha: float = 0.0  # recency weight in deep layers (0 = attention only)
-    deep_kappa: float = 8.0  # recency decay in deep layers (unused while deep_alpha is 0)
+    deep_kappa: float = 0.0  # recency decay in deep layers (unused while deep_alpha is 0)
     shallow_gamma: float = 0.1  # smoothing weight of the next deeper layer's score, shallow layers
     middle_gamma: float = 0.3  # smoothing weight of the next deeper layer's score, middle layers
     deep_gamma: float = 0.4  # smoothing weight of the next deeper layer's score, deep layers (not the last)
-    summary: bool = True  # deep layers fold evicted tokens into one mean summary token
-    positions: str = "lazy"  # "lazy": compact only near max_position_embeddings; "eager": after every compression
+    recency: str = "index"  # age for the recency prior: 'index' (cache order, released) or 'block'
+    pseudo_queries: str = "roles"  # 'roles': local/mixed/global prompt by layer role (released); 'averaged'
+    pseudo_forward: str = "manual"  # 'manual': queries from token embeddings, as released; 'model': real forward
+    summary: str = "round"  # deep layers: 'round' (newest position, released), 'running' (video start), 'off'
+    smoothing: str = "index"  # cross-layer smoothing pairs tokens by 'index' (released) or 'identity'
+    compaction: str = "ranks"  # re-indexing: 'ranks' per position component (released) or 'slots' (temporal)
+    positions: str = "lazy"  # "lazy": compact only near max_position_embeddings; "eager": at every compression
     compact_margin: int = 8192  # lazy: positions kept free below max_position_embeddings for question and answer
-    pseudo_questions: tuple[str, ...] = (  # query-agnostic prompts whose attention scores the tokens
+    pseudo_questions: tuple[str, ...] = (  # pseudo_queries 'averaged': prompts averaged in every layer
         "Describe the current scene in detail.",
         "Summarize the narrative of the video so far.",
     )
@@ -80,6 +117,12 @@ class HermesConfig(PolicyConfig):
 
         def pair(x: object, ok) -> bool:
             return isinstance(x, tuple | list) and len(x) == 2 and all(ok(v) for v in x)
+
+        def one_of(name: str, *allowed: str) -> None:
+            value = getattr(self, name)
+            quoted = [f"'{a}'" for a in allowed]
+            listed = f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+            need(isinstance(value, str) and value in allowed, f"hermes {name} must be {listed}, got {value!r}.")
 
         need(is_int(self.budget) and self.budget >= 1,
              f"hermes budget must be a positive number of tokens per layer, got {self.budget!r}.")
@@ -101,9 +144,14 @@ class HermesConfig(PolicyConfig):
         need(pair(self.middle_kappa, rate),
              f"hermes middle_kappa must be two non-negative numbers (first, last middle layer), "
              f"got {self.middle_kappa!r}.")
-        need(isinstance(self.summary, bool), f"hermes summary must be True or False, got {self.summary!r}.")
-        need(self.positions in ("lazy", "eager"),
-             f"hermes positions must be 'lazy' or 'eager', got {self.positions!r}.")
+        one_of("role_rounding", "int", "ceil")
+        one_of("recency", "index", "block")
+        one_of("pseudo_queries", "roles", "averaged")
+        one_of("pseudo_forward", "manual", "model")
+        one_of("summary", "round", "running", "off")
+        one_of("smoothing", "index", "identity")
+        one_of("compaction", "ranks", "slots")
+        one_of("positions", "lazy", "eager")
         need(is_int(self.compact_margin) and self.compact_margin >= 0,
              f"hermes compact_margin must be a non-negative number of positions, got {self.compact_margin!r}.")
         qs = self.pseudo_questions
@@ -112,6 +160,95 @@ class HermesConfig(PolicyConfig):
         object.__setattr__(self, "middle_alpha", (float(self.middle_alpha[0]), float(self.middle_alpha[1])))
         object.__setattr__(self, "middle_kappa", (float(self.middle_kappa[0]), float(self.middle_kappa[1])))
         object.__setattr__(self, "pseudo_questions", tuple(qs))
+
+
+# ---- the released pseudo queries ------------------------------------------------------------------
+
+
+def split_options(question: str) -> tuple[str, tuple[str, ...] | None]:
+    """(question, options) of a question's text.
+
+    A multiple-choice prompt with one "(A) text" line per option, lettered A, B, ... in order (the layout
+    of `memstream.evaluate` and of the release), gives the question without its options (and without a
+    leading "Question:" and a trailing "Options:") and the option texts. Any other text is the question
+    itself, without options: the release records the bare question and the options separately, but a
+    stream only sees the text it was asked, so this is how we recover them.
+    """
+    found = _OPTION_LINE.findall(question)
+    if not found or [letter for letter, _ in found] != [chr(ord("A") + i) for i in range(len(found))]:
+        return question.strip(), None
+    head = question[: _OPTION_LINE.search(question).start()].strip()
+    head = head.removesuffix("Options:").strip().removeprefix("Question:").strip()
+    return head, tuple(text for _, text in found)
+
+
+def released_answer(answer: str, options: tuple[str, ...] | None) -> str:
+    """The answer as the release writes it into the next pseudo queries: a bare option letter becomes
+    its option's text when the options are known; then every "X) " label is removed."""
+    bare = _BARE_LETTER.fullmatch(answer)
+    if bare and options is not None and ord(bare.group(1)) - ord("A") < len(options):
+        answer = options[ord(bare.group(1)) - ord("A")]
+    return _LETTER_LABEL.sub("", answer)
+
+
+def role_prompts(exchange: tuple[str, str] | None) -> dict[str, str]:
+    """The released local, global and mixed pseudo-query texts, given the last (question, answer) or None.
+
+    After a turn the history "Question: Q Answer: A" (Q without its options, A as `released_answer`)
+    prefixes both prompts: "Find recent details related to: <history>. " before the local one and
+    "Context summary: <history>. " before the global one. mixed = local + "; " + global.
+    """
+    local, global_ = LOCAL_PROMPT, GLOBAL_PROMPT
+    if exchange is not None:
+        question, options = split_options(exchange[0])
+        history = f"Question: {question} Answer: {released_answer(exchange[1], options)}"
+        local = f"Find recent details related to: {history}. {local}"
+        global_ = f"Context summary: {history}. {global_}"
+    return {"local": local, "global": global_, "mixed": f"{local}; {global_}"}
+
+
+# ---- the release's manual pseudo attention ---------------------------------------------------------
+
+
+def decoder_layers(model: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList | None:
+    """The model's decoder layers: the one ModuleList of `n_layers` modules that each have a `self_attn`
+    (transformers' layout; Qwen2.5-VL's vision blocks call theirs `attn`), or None if not exactly one."""
+    found = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers
+             and all(hasattr(layer, "self_attn") for layer in m)]
+    return found[0] if len(found) == 1 else None
+
+
+@contextlib.contextmanager
+def layers_fed_embeddings(layers: torch.nn.ModuleList) -> Iterator[None]:
+    """Inside the block, this thread's forwards feed every decoder layer the input of the first one (the
+    token embeddings) instead of the previous layer's output.
+
+    That is what the release's manual pseudo attention computes (its loop over layers never updates the
+    hidden state): each layer's queries and keys are its own projections of the normalised embeddings.
+    The hooks only act in the thread that installed them, since streams share the model across threads.
+    """
+    owner = threading.get_ident()
+    first: list[torch.Tensor] = []  # the current forward's input to layer 0
+
+    def feed(module: torch.nn.Module, args: tuple, kwargs: dict):
+        if threading.get_ident() != owner:
+            return None
+        x = args[0] if args else kwargs["hidden_states"]
+        if module is layers[0]:
+            first[:] = [x]
+        if args:
+            return (first[0], *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": first[0]}
+
+    handles = [layer.register_forward_pre_hook(feed, with_kwargs=True) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ---- the memory -----------------------------------------------------------------------------------
 
 
 class HermesMemory(Memory):
@@ -125,6 +262,12 @@ class HermesMemory(Memory):
         if config.compact_margin >= self.max_positions:
             raise ConfigError(f"hermes compact_margin ({config.compact_margin}) must be below the model's "
                               f"{self.max_positions} positions.")
+        self.decoder = None
+        if config.pseudo_forward == "manual":
+            self.decoder = decoder_layers(backbone.model, spec.n_layers)
+            if self.decoder is None:
+                raise ConfigError("hermes pseudo_forward 'manual' needs the model's decoder layers, which this "
+                                  "backbone does not expose; use pseudo_forward 'model'.")
         empty = torch.empty(1, spec.n_kv_heads, 0, spec.head_dim, device=self.device, dtype=backbone.dtype)
         none = torch.empty(0, dtype=torch.long)
         self.layers = [LayerMemory(empty, empty, none, none, torch.empty(3, 0, dtype=torch.long))
@@ -133,8 +276,9 @@ class HermesMemory(Memory):
         self.since_compress = 0  # blocks ingested since the last compression
         self.compressions = 0
         self.compactions = 0
-        self.last_exchange: tuple[str, str] | None = None  # (question, answer) prefixing the pseudo questions
+        self.last_exchange: tuple[str, str] | None = None  # (question, answer) prefixing the pseudo queries
         self._prompts_cache: list[tuple[list[int], slice]] | None = None
+        self._role_prompts_cache: dict[str, list[int]] | None = None
 
     # ---- sizes --------------------------------------------------------------------------------
     def device_bytes(self) -> int:
@@ -147,7 +291,8 @@ class HermesMemory(Memory):
         return 0
 
     def tokens_stored(self) -> int:
-        """Every layer keeps its own top-`budget` tokens: the fullest layer's count (summary excluded)."""
+        """Every layer keeps its own top-`budget` tokens: the fullest layer's count (per-round summary
+        tokens included, a running summary not)."""
         return max(s.n for s in self.layers)
 
     def mean_tokens_held(self) -> float:
@@ -161,11 +306,13 @@ class HermesMemory(Memory):
     def stats(self) -> dict:
         """The base sizes (tokens_stored = the fullest layer; compression_ratio = tokens_raw / mean held per
         layer; window_tokens = tokens waiting for the next compression) plus tokens_per_layer, each layer's
-        summary token (0 or 1), the budget and the counts of compressions and compactions."""
+        role ("shallow", "middle" or "deep"), its summary tokens (per-round ones held, or 1 for a running
+        summary), the budget and the counts of compressions and compactions."""
         return {
             **super().stats(),
             "tokens_per_layer": [s.n for s in self.layers],
-            "summary_tokens": [int(s.count > 0) for s in self.layers],
+            "layer_roles": [r.name for r in self.roles],
+            "summary_tokens": [s.n_summaries + int(s.count > 0) for s in self.layers],
             "budget": self.cfg.budget,
             "compressions": self.compressions,
             "compactions": self.compactions,
@@ -173,7 +320,7 @@ class HermesMemory(Memory):
 
     # ---- ingestion ----------------------------------------------------------------------------
     def context(self, layer: int, state: LayerMemory) -> tuple[torch.Tensor, torch.Tensor]:
-        """What `layer` attends to besides new tokens: sinks + summary + held, [1, Hkv, S, d] each."""
+        """What `layer` attends to besides new tokens: sinks + running summary + held, [1, Hkv, S, d] each."""
         parts = [self.sinks[layer], state.summary(), (state.keys, state.values)]
         parts = [p for p in parts if p is not None]
         return torch.cat([p[0] for p in parts], -2), torch.cat([p[1] for p in parts], -2)
@@ -182,7 +329,7 @@ class HermesMemory(Memory):
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
         """Append one block (tokens [n, hidden]) to every layer; compress when a chunk is complete.
 
-        All-or-nothing: the next state of every layer is built aside (ingest forward, pseudo-question
+        All-or-nothing: the next state of every layer is built aside (ingest forward, pseudo-query
         forwards, selection, compaction) and replaces the current one only when all of it succeeded.
         `frame_embeds` is ignored (no external expert).
         """
@@ -193,7 +340,8 @@ class HermesMemory(Memory):
             layers = self.layers
             compacted = 0
             if self._near_position_limit(gh, gw):
-                layers, compacted = self._compact(layers, grid), 1
+                layers, compacted = self._compact(layers), 1
+                self._resume(layers, grid)
             pos, t_off = tracker.block(gh, gw)  # [3, gh*gw]; tracker.blocks is the next temporal slot
             cells = torch.arange(gh * gw) if token_index is None else token_index.long().cpu()
             pos = pos[:, cells]
@@ -203,9 +351,8 @@ class HermesMemory(Memory):
             layers = [s.append(k, v, index, cells, pos) for s, (k, v) in zip(layers, cache.new)]
             chunk_done = self.since_compress + 1 >= self.chunk_blocks
             if chunk_done:
-                layers = self._compress(layers)
-                if self.cfg.positions == "eager":
-                    layers, compacted = self._compact(layers, grid), compacted + 1
+                layers, compressed = self._compress(layers, index, grid)
+                compacted += int(compressed and self.cfg.positions == "eager")
         except BaseException:
             tracker.video_start, tracker.next_text, tracker.blocks = saved
             raise
@@ -217,50 +364,107 @@ class HermesMemory(Memory):
         self.compactions += compacted
         return info
 
-    def _compress(self, layers: list[LayerMemory]) -> list[LayerMemory]:
-        """Keep each layer's top-`budget` tokens; deep layers fold the rest into their summary."""
-        budget = self.cfg.budget
-        if all(s.n <= budget for s in layers):
-            return layers
+    def _compress(self, layers: list[LayerMemory], block: int,
+                  grid: tuple[int, int]) -> tuple[list[LayerMemory], bool]:
+        """Keep each layer's top tokens, as released; returns (layers, whether anything was compressed).
+
+        Nothing happens unless layer 0 holds more than `budget` tokens counting the sinks (the release's
+        test). Deep layers fold what they evict: summary "round" keeps `budget - 1` tokens and adds one
+        token, the mean of this round's evicted ones, after the newest kept position (`block`: the block
+        that completed the chunk, which the summary follows in cache order); "running" adds them to the
+        mean at the video start. With positions "eager" the kept tokens are compacted before the summary
+        is placed, as released.
+        """
+        cfg = self.cfg
+        if self.n_sink + layers[0].n <= cfg.budget:
+            return layers, False
         attn = self._pseudo_attention(layers)
-        scores = [hl.combine(a, s.block, role) for a, s, role in zip(attn, layers, self.roles)]
-        ids = [hl.token_ids(s.block, s.cell) for s in layers]
-        scores = hl.smooth(scores, ids, [r.gamma for r in self.roles])
-        out = []
+        scores = [hl.combine(a, s.block, role, by=cfg.recency) for a, s, role in zip(attn, layers, self.roles)]
+        gammas = [r.gamma for r in self.roles]
+        if cfg.smoothing == "index":
+            scores = hl.smooth_by_index(scores, gammas)
+        else:
+            scores = hl.smooth(scores, [hl.token_ids(s.block, s.cell) for s in layers], gammas)
+        kept: list[LayerMemory] = []
+        evicted: list[LayerMemory | None] = []
         for state, score, role in zip(layers, scores, self.roles):
-            keep = hl.select_top(score, budget)
-            nxt = state.subset(keep)
-            if role.name == "deep" and self.cfg.summary:
-                dropped = torch.ones(state.n, dtype=torch.bool)
-                dropped[keep] = False
-                nxt = self._fold(nxt, state.subset(dropped.nonzero().flatten()))
-            out.append(nxt)
+            folds = role.name == "deep" and cfg.summary != "off"
+            keep = hl.select_top(score, cfg.budget - 1 if folds and cfg.summary == "round" else cfg.budget)
+            kept.append(state.subset(keep))
+            dropped = torch.ones(state.n, dtype=torch.bool)
+            dropped[keep] = False
+            evicted.append(state.subset(dropped.nonzero().flatten()) if folds and bool(dropped.any()) else None)
+        eager = cfg.positions == "eager"
+        if eager:
+            kept = self._compact(kept)
+        out = [s if gone is None else self._summarise(s, gone, block) for s, gone in zip(kept, evicted)]
+        if eager:
+            self._resume(out, grid)
+        else:  # a question must start after the newest summary
+            top = max((int(s.pos.max()) for s in out if s.n), default=-1)
+            self.positions.next_text = max(self.positions.next_text, top + 1)
+        return out, True
+
+    def _summarise(self, state: LayerMemory, evicted: LayerMemory, block: int) -> LayerMemory:
+        """Fold a deep layer's evicted tokens into its summary (keys re-rotated exactly first).
+
+        "round": one new held token at (m, m, m), m = max kept position + 1 (the last sink position + 1
+        when nothing is kept), key and value the mean over the evicted tokens. "running": added to the
+        running mean at the video start (t = h = w = video start), which never moves."""
+        if self.cfg.summary == "running":
+            anchor = self.positions.video_start
+            keys = self.bb.rotate_keys(evicted.keys, anchor - evicted.pos)  # [1, Hkv, m, d] at (s, s, s)
+            return state.fold(keys, evicted.values)
+        newest = int(state.pos.max()) if state.n else self.positions.video_start - 1
+        where = torch.full((3, 1), newest + 1, dtype=torch.long)  # [3, 1]
+        keys = self.bb.rotate_keys(evicted.keys, where - evicted.pos)  # [1, Hkv, m, d] all at (m, m, m)
+        key = keys.double().mean(-2, keepdim=True).to(keys.dtype)  # [1, Hkv, 1, d]
+        value = evicted.values.double().mean(-2, keepdim=True).to(evicted.values.dtype)
+        return state.append_summary(key, value, block, where)
+
+    # ---- pseudo queries -----------------------------------------------------------------------
+    def _pseudo_attention(self, layers: list[LayerMemory]) -> list[torch.Tensor]:
+        """The pseudo-query attention each held token gets, per layer: L x [n_l] (CPU).
+
+        "roles": each layer takes its role's prompt (local / mixed / global; prompts no layer uses are
+        not run). "averaged": every pseudo question's attention, averaged, in every layer."""
+        if self.cfg.pseudo_queries == "averaged":
+            prompts = self._pseudo_prompts()
+            total = [torch.zeros(s.n) for s in layers]
+            for ids, rows in prompts:
+                for layer, mass in enumerate(self._prompt_attention(layers, ids, rows)):
+                    total[layer] += mass
+            return [t / len(prompts) for t in total]
+        out: list[torch.Tensor | None] = [None] * len(layers)
+        for name, ids in self._role_prompts().items():
+            users = [layer for layer, role in enumerate(self.roles) if ROLE_PROMPT[role.name] == name]
+            if users:
+                mass = self._prompt_attention(layers, ids, slice(0, len(ids)))  # all the prompt's tokens
+                for layer in users:
+                    out[layer] = mass[layer]
         return out
 
-    def _fold(self, state: LayerMemory, evicted: LayerMemory) -> LayerMemory:
-        """Add evicted tokens to the running summary: keys re-rotated to the video start first, so
-        every folded key has the same position and their mean is the key of one token there."""
-        if evicted.n == 0:
-            return state
-        anchor = self.positions.video_start
-        keys = self.bb.rotate_keys(evicted.keys, anchor - evicted.pos)  # [1, Hkv, m, d] at (s, s, s)
-        return state.fold(keys, evicted.values)
-
-    def _pseudo_attention(self, layers: list[LayerMemory]) -> list[torch.Tensor]:
-        """Mean attention (heads, query tokens, pseudo questions) each held token gets: L x [n_l] (CPU)."""
+    def _prompt_attention(self, layers: list[LayerMemory], ids: list[int], rows: slice) -> list[torch.Tensor]:
+        """Mean attention (heads, the prompt tokens `rows`) of one pseudo prompt `ids` placed where a
+        question would start, to each held token: L x [n_l] (CPU)."""
         start = self.positions.next_text
-        total = [torch.zeros(s.n) for s in layers]
-        prompts = self._pseudo_prompts()
-        for ids, rows in prompts:
-            cache = HermesReadCache(self, layers, start, rows)
+        manual = self.cfg.pseudo_forward == "manual"
+        cache = HermesReadCache(self, layers, start, rows, causal=not manual)
+        with layers_fed_embeddings(self.decoder) if manual else contextlib.nullcontext():
             self.bb.decode(self.bb.embed(ids), self.positions.text_at(start, len(ids)), cache, logits=False)
-            for layer, mass in enumerate(cache.held_mass()):
-                total[layer] += mass
-        return [t / len(prompts) for t in total]
+        return cache.held_mass()
+
+    def _role_prompts(self) -> dict[str, list[int]]:
+        """Token ids of the released local / global / mixed prompts: the bare text (no chat markup), as
+        the release feeds them right after the video."""
+        if self._role_prompts_cache is None:
+            self._role_prompts_cache = {name: self.bb.tokenize(text)
+                                        for name, text in role_prompts(self.last_exchange).items()}
+        return self._role_prompts_cache
 
     def _pseudo_prompts(self) -> list[tuple[list[int], slice]]:
-        """Token ids of each pseudo question laid out as a question after the video (prefixed by the
-        last exchange when there was one), with the slice of the pseudo question's own tokens."""
+        """pseudo_queries "averaged": token ids of each pseudo question laid out as a question after the
+        video (prefixed by the last exchange when there was one), with the slice of its own tokens."""
         if self._prompts_cache is None:
             tok, chat = self.bb.tokenize, self.bb.chat
             head = chat.after_video
@@ -284,63 +488,90 @@ class HermesMemory(Memory):
         t_off = block_t_offset(tracker.blocks, tracker.interval)
         return block_max_position(tracker.video_start, t_off, gh, gw) >= self.max_positions - self.cfg.compact_margin
 
-    def _compact(self, layers: list[LayerMemory], grid: tuple[int, int]) -> list[LayerMemory]:
-        """Put each layer's held blocks in temporal slots 0, 1, ... (time order), re-rotating their
-        keys by the exact position delta; the next block and the next text follow the fullest layer.
-        Updates the position tracker (callers restore it on failure)."""
-        tracker = self.positions
-        start, interval = tracker.video_start, tracker.interval
-        out, slots = [], 0
+    def _compact(self, layers: list[LayerMemory]) -> list[LayerMemory]:
+        """Re-index every layer's held tokens (keys re-rotated by the exact position delta).
+
+        "ranks": each position component -> its rank among the layer's values of it, from the video start.
+        "slots": held blocks -> temporal slots 0, 1, ... in time order; a summary token shifts by its block's
+        temporal shift in all three components, so it stays just after that block."""
+        start, interval = self.positions.video_start, self.positions.interval
+        out = []
         for state in layers:
-            blocks, slot = torch.unique(state.block, return_inverse=True)  # slot: [n], 0-based, time order
-            slots = max(slots, blocks.numel())
-            new_t = torch.tensor([start + block_t_offset(j, interval) for j in range(blocks.numel())],
-                                 dtype=torch.long)[slot] if state.n else state.pos[0]
-            delta = torch.zeros_like(state.pos)
-            delta[0] = new_t - state.pos[0]
+            if state.n == 0:
+                out.append(state)
+                continue
+            if self.cfg.compaction == "ranks":
+                delta = hl.ranked_positions(state.pos, start) - state.pos
+            else:
+                blocks, slot = torch.unique(state.block, return_inverse=True)  # slot: [n], 0-based, time order
+                new_t = torch.tensor([start + block_t_offset(j, interval) for j in range(blocks.numel())],
+                                     dtype=torch.long)[slot]
+                shift = new_t - state.pos[0]
+                delta = torch.zeros_like(state.pos)
+                delta[0] = shift
+                delta[:, state.is_summary] = shift[state.is_summary]  # all three components
             if bool(delta.any()):
                 state = state.moved(self.bb.rotate_keys(state.keys, delta), state.pos + delta)
             out.append(state)
+        return out
+
+    def _resume(self, layers: list[LayerMemory], grid: tuple[int, int]) -> None:
+        """After a compaction: the next block takes the first temporal slot after every held token and the
+        next text follows the largest position held (or the next block's largest). Raises ConfigError when
+        even the compact layout leaves no room below the position limit."""
+        tracker = self.positions
+        start, interval = tracker.video_start, tracker.interval
+        held = [s.pos for s in layers if s.n]
+        top_t = max((int(p[0].max()) for p in held), default=start - 1) - start  # temporal offset to pass
+        slot = max(0, math.ceil((top_t + 1) / interval - 1e-9))
+        while block_t_offset(slot, interval) <= top_t:
+            slot += 1
+        while slot > 0 and block_t_offset(slot - 1, interval) > top_t:
+            slot -= 1
         gh, gw = grid
-        tracker.blocks = slots
-        tracker.next_text = max(self.n_sink, block_max_position(start, block_t_offset(slots - 1, interval), gh, gw) + 1)
+        tracker.blocks = slot
+        last = block_max_position(start, block_t_offset(slot - 1, interval), gh, gw) if slot else start - 1
+        if self.cfg.compaction == "ranks":  # h and w were ranked too: only what is held counts
+            last = max((int(p.max()) for p in held), default=start - 1)
+        tracker.next_text = max(self.n_sink, last + 1, max((int(p.max()) + 1 for p in held), default=0))
         if self._near_position_limit(gh, gw):
             raise ConfigError(f"The hermes budget ({self.cfg.budget} tokens) spans more positions than the model's "
                               f"{self.max_positions} allow with compact_margin {self.cfg.compact_margin}; "
                               f"lower one of them.")
-        return out
 
     # ---- questions ----------------------------------------------------------------------------
     def question_start(self) -> int:
         return self.positions.next_text
 
     def question_cache(self, query_slice: slice, query_text: str = "") -> HermesReadCache:
-        """A plain prefill + decoding over sinks + summary + held tokens; the question's tokens
+        """A plain prefill + decoding over sinks + running summary + held tokens; the question's tokens
         (`query_slice`) record their attention per block for the trace."""
         return HermesReadCache(self, self.layers, self.question_start(), query_slice)
 
     def after_answer(self, question: str, answer: str) -> None:
-        """Later pseudo questions are prefixed by this exchange."""
+        """Later pseudo queries are prefixed by this exchange."""
         self.last_exchange = (question, answer)
         self._prompts_cache = None
+        self._role_prompts_cache = None
 
 
 class HermesReadCache:
     """A forward that reads the memory without changing it (pseudo questions and real questions).
 
-    The prefill attends to sinks + summary + held; later decoding steps grow a private tail that
+    The prefill attends to sinks + running summary + held; later decoding steps grow a private tail that
     is dropped with the cache. The prefill also keeps what it takes to know how much the tokens
     `rows` (a slice of the prompt) attend to each cached key: their position-free queries (capture
     hook "q", later rotated to their positions `start + i`) and the prefill's keys. The softmax is
     computed only when asked (`held_mass`, `trace`), so a question's first token does not wait for it.
     """
 
-    def __init__(self, mem: HermesMemory, layers: list[LayerMemory], start: int, rows: slice):
+    def __init__(self, mem: HermesMemory, layers: list[LayerMemory], start: int, rows: slice, causal: bool = True):
         L = mem.spec.n_layers
         self.mem = mem
         self.layers = layers
         self.start = start
         self.rows = rows
+        self.causal = causal  # False: the recorded tokens see every prompt token (the release's manual path)
         self.query: list[torch.Tensor | None] = [None] * L  # per layer [Sq, Hq, d] position-free
         self.prefill_keys: list[torch.Tensor | None] = [None] * L  # per layer [1, Hkv, S_prompt, d] post-RoPE
         self.context: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
@@ -371,7 +602,8 @@ class HermesReadCache:
         rows = torch.arange(n_new)[self.rows]  # [Sq] index among the prompt's tokens
         where = self.mem.positions.text_at(self.start, n_new)[:, rows]  # [P, Sq]
         q_rot = self.mem.bb.rotate_keys(q.transpose(0, 1), where)  # [Hq, Sq, d]
-        mass = hl.attention_mass(q_rot, ctx[0], new[0], rows, self.mem.spec.head_dim ** -0.5)  # [K_ctx + S]
+        mass = hl.attention_mass(q_rot, ctx[0], new[0], rows, self.mem.spec.head_dim ** -0.5,
+                                 causal=self.causal)  # [K_ctx + S]
         return mass[: ctx.shape[-2]].cpu()
 
     def held_mass(self) -> list[torch.Tensor]:
@@ -384,7 +616,9 @@ class HermesReadCache:
 
     def trace(self) -> RetrievalTrace:
         """internal[l, b]: the question's attention mass on block b's tokens held in layer l (0 when
-        it holds none); selected[l]: blocks layer l holds a token of; kept[l, b]: how many."""
+        it holds none); selected[l]: blocks layer l holds a token of; kept[l, b]: how many. A per-round
+        summary token counts for the block it follows (the one that completed its chunk), so each
+        layer's counts add up to the tokens it holds."""
         n = len(self.mem.blocks)
         times = torch.tensor([b.start_s for b in self.mem.blocks])
         internal, kept, selected = [], [], []
