@@ -74,7 +74,7 @@ def test_every_option_of_every_policy_is_a_field_with_its_comment():
     with pytest.raises(memstream.ConfigError, match="^fusion_weights: expected numbers"):
         kinds["fusion_weights"].parse("heavy")
     hermes = {f.name: f for f in form_fields("hermes")}
-    assert hermes["positions"].choices == ("lazy", "eager") and hermes["summary"].kind == "bool"
+    assert hermes["positions"].choices == ("lazy", "eager") and hermes["summary"].choices == ("round", "running", "off")
     assert hermes["pseudo_questions"].parse("a|b") == ("a", "b")
     assert [f.name for f in stream_form()] == list(STREAM_FORM) == ["fps", "tokens_per_frame"]
     assert stream_form()[0].info == field_docs(StreamConfig)["fps"][1]
