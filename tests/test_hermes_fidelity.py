@@ -13,8 +13,8 @@ import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 import memstream
-from memstream.policies import hermes
 from memstream.policies import hermes_layers as hl
+from memstream.policies import hermes_queries as hermes
 from memstream.policies.hermes import HermesConfig, HermesMemory
 
 

@@ -96,6 +96,37 @@ class QuestionCache(Protocol):
         ...
 
 
+class ReadCache:
+    """The cache of a forward that reads the memory without changing it (a question, a pseudo question).
+
+    Each layer's context is built on its first `update()` (the prefill) by `build_context`, which may
+    use what `capture` recorded a moment earlier in the same layer; the forward's own keys/values, and
+    those of later decoding steps, grow a private tail that is dropped with the cache.
+    """
+
+    def __init__(self, n_layers: int):
+        self.context: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers  # [1, Hkv, S_ctx, d]
+        self.tail: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers  # [1, Hkv, S_own, d]
+
+    def prefilled(self, layer: int) -> bool:
+        """Whether `layer` has built its context (captures after that belong to decoding steps)."""
+        return self.context[layer] is not None
+
+    def build_context(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `layer` attends to besides the forward's own tokens; k/v: the prefill's [1, Hkv, S, d]."""
+        raise NotImplementedError
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.context[layer] is None:  # the prefill
+            self.context[layer] = self.build_context(layer, k, v)
+            self.tail[layer] = (k, v)
+        else:
+            tk, tv = self.tail[layer]
+            self.tail[layer] = (torch.cat([tk, k], -2), torch.cat([tv, v], -2))
+        (ck, cv), (tk, tv) = self.context[layer], self.tail[layer]
+        return torch.cat([ck, tk], -2), torch.cat([cv, tv], -2)
+
+
 # layer -> (keys, values) [1, Hkv, S_ctx, d] a new token of an ingest forward attends to besides the
 # forward's own tokens, or None for nothing.
 Context = Callable[[int], "tuple[torch.Tensor, torch.Tensor] | None"]

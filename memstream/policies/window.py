@@ -26,7 +26,7 @@ from ..backbones import Backbone
 from ..retrieval import block_scores
 from ..store import BlockStore, RowBuffer
 from ..trace import RetrievalTrace
-from .base import BlockInfo, IngestCache, Memory, PolicyConfig
+from .base import BlockInfo, IngestCache, Memory, PolicyConfig, ReadCache
 
 
 @dataclass
@@ -147,35 +147,27 @@ class WindowMemory(Memory):
         return 0 if self.store is None else self.store.nbytes
 
 
-class WindowQuestionCache:
-    """A question's cache: each layer's context is built on its first call, then a private tail grows.
+class WindowQuestionCache(ReadCache):
+    """A question's cache over a window memory: each layer's context comes from `layer_context`.
 
     Subclasses change what a layer attends to (`layer_context`) and what the trace shows (`trace`).
     """
 
     def __init__(self, mem: WindowMemory, query_slice: slice):
+        super().__init__(mem.spec.n_layers)
         L = mem.spec.n_layers
         self.mem = mem
         self.query_slice = query_slice
         self.record = QuestionRecord([None] * L, [None] * L, [None] * L)
-        self.context: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
-        self.tail: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * L
 
     def capture(self, kind: str, layer: int, x: torch.Tensor) -> None:
-        if kind == "q" and self.context[layer] is None:  # prefill only
+        if kind == "q" and not self.prefilled(layer):  # prefill only
             self.record.query[layer] = x[self.query_slice].mean(dim=0)  # [Hq, d]
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.context[layer] is None:
-            scores = block_scores(self.record.query[layer], self.mem.rep_keys(layer), self.mem.score_kind())
-            self.record.scores[layer] = scores  # [N]
-            self.context[layer] = self.layer_context(layer, scores)
-            self.tail[layer] = (k, v)
-        else:
-            tk, tv = self.tail[layer]
-            self.tail[layer] = (torch.cat([tk, k], -2), torch.cat([tv, v], -2))
-        (ck, cv), (tk, tv) = self.context[layer], self.tail[layer]
-        return torch.cat([ck, tk], -2), torch.cat([cv, tv], -2)
+    def build_context(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = block_scores(self.record.query[layer], self.mem.rep_keys(layer), self.mem.score_kind())
+        self.record.scores[layer] = scores  # [N]
+        return self.layer_context(layer, scores)
 
     def layer_context(self, layer: int, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What `layer` attends to besides the question: sinks + window here; records the selection."""
