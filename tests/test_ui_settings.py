@@ -10,10 +10,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from test_ui_session import FAST, SAMPLE, wait_for  # one set of demo-test helpers
 
 import memstream
 from memstream.config import StreamConfig
@@ -25,18 +25,6 @@ from memstream_demo import build
 from memstream_demo.fields import STREAM_FORM, form_fields, stream_form
 from memstream_demo.manager import SessionManager
 from memstream_demo.state import Limits, Settings
-
-SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
-FAST = Settings(policy="rekv", tokens_per_frame=16, fps=2.0, max_new_tokens=4).with_options(topk=3)
-
-
-def wait_for(cond, timeout=30.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    raise AssertionError("timed out")
 
 
 def components(demo) -> dict:
