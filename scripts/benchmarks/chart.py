@@ -18,7 +18,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from tables import label
 
-COLOURS = {"full": "#d62728", "rekv": "#1f77b4", "offline": "#7f7f7f", "memstream": "#2ca02c", "hermes": "#9467bd"}
+COLOURS = {"full": "#d62728", "rekv": "#1f77b4", "offline": "#7f7f7f", "memstream": "#2ca02c", "hermes": "#9467bd",
+           "sink-window": "#ff7f0e"}
 
 
 def load(path: Path) -> list[dict]:

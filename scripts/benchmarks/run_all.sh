@@ -26,17 +26,20 @@ for line in sys.stdin:
 # 1. ingest: seconds per block, first vs last 10% of the stream
 bench ingest --policy rekv --blocks "$(scale 2000 40)" $T1
 bench ingest --policy full --blocks "$(scale 1000 40)" $T1
-# the engine's default budget (256 tokens per frame): the 15000-token window fills by block 35
+# the engine's default budget (256 tokens per frame): the 15000-token window fills by block 31
 bench ingest --policy rekv --blocks "$(scale 2000 40)" --tokens-per-frame 256 $T1
 # a small window (full by block 14): does anything else grow with the number of blocks?
 bench ingest --policy rekv --blocks "$(scale 2000 40)" --n-local 1500 $T1
 # the other bounded policies, at their defaults (memstream with the offline tiny expert)
 bench ingest --policy memstream --expert tiny --blocks "$(scale 2000 40)" $T1
+bench ingest --policy memstream --expert tiny --blocks "$(scale 2000 40)" --n-local 1500 $T1
 bench ingest --policy hermes --blocks "$(scale 2000 40)" $T1
+# sinks + a 4096-token window, no store (full by block 38)
+bench ingest --policy sink-window --blocks "$(scale 2000 40)" $T1
 # 2. time to first token after M minutes (fps 1: 30 blocks per minute); the policies of one command
 #    ingest the same frames and take the questions in turn, so their ratios come from one run
 for minutes in 1 2 5 10; do
-    bench ttft --policy rekv,full,memstream,hermes,offline --expert tiny --minutes "$(scale "$minutes" 0.2)" \
+    bench ttft --policy rekv,full,memstream,hermes,sink-window,offline --expert tiny --minutes "$(scale "$minutes" 0.2)" \
         --questions "$(scale 5 2)" $T1
 done
 # 30 minutes: hermes against retrieval (rekv, memstream) and full (offline would take hours)
