@@ -97,8 +97,9 @@ class QuestionCache(Protocol):
 
 
 # layer -> (keys, values) [1, Hkv, S_ctx, d] a new token of an ingest forward attends to besides the
-# forward's own tokens, or None for nothing.
-Context = Callable[[int], "tuple[torch.Tensor, torch.Tensor] | None"]
+# forward's own tokens, or None for nothing. Keys and values may each be a list of parts ([1, Hkv, S_i, d],
+# concatenated in order): the cache then joins the parts and the new tokens in one copy.
+Context = Callable[[int], "tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None"]
 
 
 class IngestCache:
@@ -120,7 +121,8 @@ class IngestCache:
         ctx = self.context(layer)
         if ctx is None:
             return k, v
-        joined = (torch.cat([ctx[0], k], dim=-2), torch.cat([ctx[1], v], dim=-2))  # [1, Hkv, S_ctx + S, d]
+        ck, cv = ([c] if isinstance(c, torch.Tensor) else list(c) for c in ctx)
+        joined = (torch.cat([*ck, k], dim=-2), torch.cat([*cv, v], dim=-2))  # [1, Hkv, S_ctx + S, d]
         self.joined[layer] = joined  # a memory may keep a view of it: committing then copies nothing
         return joined
 

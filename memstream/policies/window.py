@@ -63,7 +63,7 @@ class WindowMemory(Memory):
         pos, t_off, undo = self.reserve_positions(*grid)  # [P, gh*gw]
         if token_index is not None:
             pos = pos[:, token_index]  # [P, n]
-        cache = IngestCache(self.spec.n_layers, self.window_context)
+        cache = IngestCache(self.spec.n_layers, self.window_parts)
         try:
             self.run_forward(cache, tokens, pos)
         except BaseException:
@@ -73,10 +73,16 @@ class WindowMemory(Memory):
         self.commit(cache, info)
         return info
 
+    def window_parts(self, layer: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Sinks and window of `layer` as separate parts (keys, values): the ingest cache joins them with the
+        new block in one copy, and the next window is a view of that (one copy of the window per block)."""
+        parts = [p for p in (self.sinks[layer], self.window[layer]) if p is not None]
+        return [p[0] for p in parts], [p[1] for p in parts]
+
     def window_context(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sinks + window of `layer`: what a new block attends to, [1, Hkv, n_sink + window, d] each."""
-        parts = [p for p in (self.sinks[layer], self.window[layer]) if p is not None]
-        return torch.cat([p[0] for p in parts], -2), torch.cat([p[1] for p in parts], -2)
+        ks, vs = self.window_parts(layer)
+        return torch.cat(ks, -2), torch.cat(vs, -2)
 
     def commit(self, cache: IngestCache, info: BlockInfo) -> None:
         """Keep a block whose forward succeeded: window, representative key, store, block list."""
