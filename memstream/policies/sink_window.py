@@ -31,3 +31,7 @@ class SinkWindowMemory(WindowMemory):
 
     def __init__(self, backbone: Backbone, config: SinkWindowConfig, *, fps: float, expert: Any = None):
         super().__init__(backbone, config, fps=fps, expert=expert, store=False)
+
+    def tokens_stored(self) -> int:
+        """Visual tokens held: the window's (older blocks are gone), not every token ever ingested."""
+        return self.window_tokens()
