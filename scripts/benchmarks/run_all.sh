@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every benchmark behind BENCHMARKS.md and appends each JSON result line to results.jsonl,
 # then draws chart.png from them. Usage: scripts/benchmarks/run_all.sh [python]
-# (about 40 minutes on a 2-core CPU; QUICK=1 runs the same commands at smoke-test sizes, and
-# OUT=... CHART=... write the results and the chart elsewhere).
+# (about 40 minutes on a quiet 2-core CPU; on 2026-11-29, at load 3-13, the ingest and 1-10 minute TTFT
+# runs alone took 56 minutes. QUICK=1 runs the same commands at smoke-test sizes, and OUT=... CHART=...
+# write the results and the chart elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${1:-python}
@@ -15,12 +16,12 @@ CHART=${CHART:-scripts/benchmarks/chart.png}
 T1="--threads 1"
 scale() { if [[ "${QUICK:-0}" == 1 ]]; then echo "$2"; else echo "$1"; fi; }
 
-bench() {  # run one benchmark, keep its JSON lines (one per policy for ttft), note the machine's load
+bench() {  # run one benchmark, keep its JSON lines (one per policy for ttft), note the machine's load and the date
     echo "+ $PY -m memstream bench $*" >&2
     local load; load=$(cut -d' ' -f1-3 /proc/loadavg)
     "$PY" -m memstream bench "$@" --json | grep '^{' | "$PY" -c 'import json, sys
 for line in sys.stdin:
-    print(json.dumps({**json.loads(line), "loadavg": sys.argv[1]}))' "$load" >> "$OUT"
+    print(json.dumps({**json.loads(line), "loadavg": sys.argv[1], "measured": sys.argv[2]}))' "$load" "$(date -u +%F)" >> "$OUT"
 }
 
 # 1. ingest: seconds per block, first vs last 10% of the stream

@@ -17,8 +17,8 @@ def ms(seconds: float) -> str:
 def ingest_table(rows: list[dict]) -> list[str]:
     out = ["| policy | tokens/block | blocks | first 10%: median ms/block (min-max) "
            "| last 10%: median ms/block (min-max) | ratio last/first | ratio in probe units "
-           "| window tokens at end | load avg |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| window tokens at end | load avg | measured |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, lst = r["first_block_minmax_s"], r["last_block_minmax_s"]
         tpb = r["tokens_per_block"]
@@ -26,7 +26,8 @@ def ingest_table(rows: list[dict]) -> list[str]:
         out.append(f"| {r['policy']} | {tpb} | {r['blocks']} "
                    f"| {ms(r['first_block_s'])} ({ms(f[0])}-{ms(f[1])}) "
                    f"| {ms(r['last_block_s'])} ({ms(lst[0])}-{ms(lst[1])}) | {r['ratio']:.3f} "
-                   f"| {r.get('ratio_normalised', float('nan')):.3f} | {r['window_tokens']} | {r.get('loadavg', '')} |")
+                   f"| {r.get('ratio_normalised', float('nan')):.3f} | {r['window_tokens']} | {r.get('loadavg', '')} "
+                   f"| {r.get('measured', '')} |")
     return out
 
 
@@ -52,8 +53,8 @@ def ttft_table(rows: list[dict]) -> list[str]:
     head = " | ".join(f"{p}: median ms (min-max) · tokens held" for p in policies)
     others = [p for p in policies if p != "offline"]
     ratio_head = " | ".join(f"offline / {p}" for p in others)
-    out = [f"| minutes | blocks | video tokens | {head} | {ratio_head} |",
-           "|---|---|---|" + "---|" * len(policies) + "---|" * len(others)]
+    out = [f"| minutes | blocks | video tokens | {head} | {ratio_head} | load avg | measured |",
+           "|---|---|---|" + "---|" * len(policies) + "---|" * len(others) + "---|---|"]
     for cells in sorted(groups, key=lambda g: next(iter(g.values()))["minutes"]):
         minutes = next(iter(cells.values()))["minutes"]
         any_row = cells.get("full") or cells.get("offline") or next(iter(cells.values()))
@@ -69,14 +70,15 @@ def ttft_table(rows: list[dict]) -> list[str]:
             else:
                 ratios.append("")
         out.append(f"| {minutes:g} | {any_row['blocks']} | {any_row['video_tokens']} | " + " | ".join(vals)
-                   + " | " + " | ".join(ratios) + " |")
+                   + " | " + " | ".join(ratios) + f" | {any_row.get('loadavg', '')} | {any_row.get('measured', '')} |")
     return out
 
 
 def efficiency_table(rows: list[dict]) -> list[str]:
     out = ["| model | device | threads | blocks/call | GFLOP/block | ms/block median (min-max) | achieved TFLOP/s "
-           "| matmul peak TFLOP/s | **MFU** (per call vs probe) | MFU (global) | vision MFU | decoder MFU | load avg |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| matmul peak TFLOP/s | **MFU** (per call vs probe) | MFU (global) | vision MFU | decoder MFU | load avg "
+           "| measured |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for d in r["devices"]:
             b = d["block_minmax_s"]
@@ -84,14 +86,14 @@ def efficiency_table(rows: list[dict]) -> list[str]:
                        f"| {d['gflop_per_block']:.1f} | {ms(d['block_s'])} ({ms(b[0])}-{ms(b[1])}) "
                        f"| {d['achieved_tflops']:.3f} | {d['peak_tflops']:.3f} | **{d['mfu']:.0%}** "
                        f"| {d['mfu_global']:.0%} | {d['mfu_vision']:.0%} | {d['mfu_decoder']:.0%} "
-                       f"| {r.get('loadavg', '')} |")
+                       f"| {r.get('loadavg', '')} | {r.get('measured', '')} |")
     return out
 
 
 def memory_table(rows: list[dict]) -> list[str]:
     out = ["| model | policy | tokens/frame | tokens/block | KV bytes/block (analytic) | host bytes/block at "
-           "each length | device bytes/block | marginal host bytes/block | peak GPU bytes at each length |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "each length | device bytes/block | marginal host bytes/block | peak GPU bytes at each length | measured |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for row in r["rows"]:
             at = row["at"]
@@ -101,7 +103,7 @@ def memory_table(rows: list[dict]) -> list[str]:
             tpb, kv = row["tokens_per_block"], row["kv_bytes_per_block"]
             out.append(f"| {r['model']} | {row['policy']} | {row['tokens_per_frame']} | {tpb:.4g} "
                        f"| {kv:.0f} | {host} | {dev} | {row['marginal_cpu_bytes_per_block']:.0f} "
-                       f"| {peak} |")
+                       f"| {peak} | {r.get('measured', '')} |")
     return out
 
 
@@ -110,7 +112,8 @@ def compression_table(rows: list[dict]) -> list[str]:
     for r in rows:
         window = r["options"].get("n_local", "15000 (default)")
         out += [f"{r['model']}, {Path(r['video']).name} at {r['fps']:g} fps, {r['blocks']} blocks, window {window}, "
-                f"threshold {r['compress_threshold']}, load avg {r.get('loadavg', '')}:", "", r["markdown"], ""]
+                f"threshold {r['compress_threshold']}, load avg {r.get('loadavg', '')}"
+                + (f", measured {r['measured']}" if r.get("measured") else "") + ":", "", r["markdown"], ""]
     return out
 
 
