@@ -55,6 +55,18 @@ def test_rekv_with_everything_retrieved_equals_full(engine):
     assert (compact.first_logits - full.first_logits).abs().max().item() < 1e-5
 
 
+def test_sink_window_equals_full_until_the_window_drops_blocks(engine):
+    frames = random_frames(8, 56, 84, seed=1)
+    full = ingest(engine, frames, "full").ask(Q, max_new_tokens=3)
+    wide = ingest(engine, frames, "sink-window", n_local=10**6)
+    assert (wide.ask(Q, max_new_tokens=3).first_logits - full.first_logits).abs().max().item() < 1e-5
+    narrow = ingest(engine, frames, "sink-window", n_local=20)
+    st = narrow.stats()
+    # what it holds is the window, not every token it ingested
+    assert st["tokens_stored"] == st["window_tokens"] == 20 < st["tokens_raw"]
+    assert narrow.ask(Q, max_new_tokens=1).tokens_seen == 20
+
+
 def test_asking_leaves_memory_unchanged(engine):
     stream = ingest(engine, random_frames(10, 56, 56, seed=2), "rekv", topk=2, n_local=20)
     before = stream.stats()
