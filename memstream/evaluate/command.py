@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from ..checks import MAX_NEW_TOKENS
-from ..engine import load
+from ..engine import Engine, load
 from ..options import add_engine_arguments, add_stream_arguments, check_expert_flag, stream_options
 from .annotations import load_annotations
 from .errors import EvalError
 from .judge import make_judge
 from .results import format_summary
-from .runner import MODES, EvalSettings, run_eval
+from .runner import MODES, Answerer, EvalSettings, run_eval
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="environment variable holding the judge's API key (unset: no key sent)")
     p.add_argument("--skip-missing", action="store_true", help="leave out videos whose file is missing")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N videos")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                   help="answer on a pool of Ray workers, one engine each: auto (a running local cluster, else a "
+                        "new one) or a cluster's HOST:PORT / ray://HOST:PORT; needs pip install 'memstream[ray]'")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --ray: number of workers (default: one per GPU, or per CPU without GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
     p.set_defaults(handler=run_eval_command)
@@ -62,10 +68,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     check_expert_flag([settings.stream.policy], args.expert)
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         raise EvalError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
+    answerer = _answerer(args)
     for vid in missing:
         print(f"warning: skipped video {vid!r}: its file is missing", file=sys.stderr)
-    run = run_eval(lambda: load(model=args.model, expert=args.expert, device=args.device), videos, settings, judge,
-                   out=args.out, progress=not args.no_progress)
+    run = run_eval(answerer, videos, settings, judge, out=args.out, progress=not args.no_progress)
     summary = {**run.summary, "answered": run.answered, "resumed": run.resumed, "out": args.out,
                "skipped_videos": missing, "warnings": run.warnings, "settings": {**settings.record(),
                                                                                   "judge": judge.name}}
@@ -76,3 +82,17 @@ def run_eval_command(args: argparse.Namespace) -> int:
         where = f" in {args.out}" if args.out else ""
         print(f"-- {run.answered} answered now, {run.resumed} from earlier runs{where}")
     return 0
+
+
+def _answerer(args: argparse.Namespace) -> Answerer | Callable[[], Engine]:
+    """A pool of Ray workers with --ray (Ray is imported only then), else a loader of one engine here."""
+    if args.workers is not None and args.ray is None:
+        raise EvalError("--workers needs --ray (without it the videos run one after another in this process).")
+    if args.ray is None:
+        return lambda: load(model=args.model, expert=args.expert, device=args.device)
+    if args.workers is not None and args.workers < 1:
+        raise EvalError(f"--workers must be at least 1, got {args.workers}.")
+    from .distributed import RayPool
+
+    return RayPool(args.ray, args.workers, model=args.model, expert=args.expert, device=args.device,
+                   plugins=args.plugin)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from ..config import StreamConfig
 from ..engine import Engine, Stream
@@ -64,19 +65,67 @@ class EvalRun:
     warnings: list[str]
 
 
-def run_eval(engine: Engine | Callable[[], Engine], videos: list[VideoItem], settings: EvalSettings,
+Work = list[tuple[VideoItem, list[Question]]]  # the videos still to do, each with its unanswered questions
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One answered question, as an answerer hands it to `run_eval` (which alone writes it)."""
+
+    video_id: str
+    record: dict  # the result line, without its "settings"
+
+
+@dataclass(frozen=True)
+class Note:
+    """A warning raised while answering a video (a bad frame, a padded block, a retried worker)."""
+
+    video_id: str
+    message: str
+
+
+class Answerer(Protocol):
+    """What answers the pending questions: one engine in this process (`LocalAnswerer`) or a pool
+    of workers (`memstream.evaluate.distributed.RayPool`). It yields every answer exactly once per
+    question it finishes, in any order; `run_eval` writes them as they come."""
+
+    def answer(self, work: Work, settings: EvalSettings, judge: Judge) -> Iterator[Answered | Note]: ...
+
+
+class LocalAnswerer:
+    """The videos one after another on one engine, loaded on first use when given as a loader."""
+
+    def __init__(self, engine: Engine | Callable[[], Engine]):
+        self.engine = engine
+
+    def answer(self, work: Work, settings: EvalSettings, judge: Judge) -> Iterator[Answered | Note]:
+        if not isinstance(self.engine, Engine):
+            self.engine = self.engine()
+        for item, pending in work:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for record in answer_video(self.engine, item, pending, settings, judge):
+                    yield Answered(item.video_id, record)
+            for w in caught:
+                yield Note(item.video_id, str(w.message))
+
+
+def run_eval(engine: Engine | Callable[[], Engine] | Answerer, videos: list[VideoItem], settings: EvalSettings,
              judge: Judge | None = None, out: str | None = None, progress: bool = True) -> EvalRun:
     """Evaluate on `videos`; append one line per new answer to `out` (JSONL, resumable).
 
-    `engine` may be a loaded `Engine` or a function that loads one: it is then called only if some
-    question is still unanswered, after the results file has been checked, so a finished run
-    resumes instantly and a wrong `out` fails before minutes of model loading.
+    `engine` may be a loaded `Engine`, a function that loads one, or an `Answerer` (a pool of
+    workers). A loader is called only if some question is still unanswered, after the results file
+    has been checked, so a finished run resumes instantly and a wrong `out` fails before minutes of
+    model loading. Whatever answers, this function alone writes the results file, and a question
+    already written is never written again.
     """
     judge = judge or MatchJudge()
     if not settings.model and isinstance(engine, Engine):
         settings = replace(settings, model=engine.backbone.name)
     if settings.mode not in MODES:
         raise EvalError(f"Unknown mode {settings.mode!r}; choose one of {', '.join(MODES)}.")
+    answerer = engine if hasattr(engine, "answer") else LocalAnswerer(engine)
     # as JSON will read it back (tuples become lists), so that a resumed run compares like with like
     settings_dict = json.loads(json.dumps({**settings.record(), "judge": judge.name}, default=str))
     results = ResultsFile(out, settings_dict) if out else None
@@ -88,29 +137,24 @@ def run_eval(engine: Engine | Callable[[], Engine], videos: list[VideoItem], set
         print(f"warning: {note}", file=sys.stderr)
     wanted = [(v, q) for v in videos for q in v.questions]
     resumed = sum((v.video_id, q.index) in done for v, q in wanted)
-    todo = len(wanted) - resumed
-    if todo and not isinstance(engine, Engine):
-        engine = engine()
-    bar = _progress_bar(todo, progress)
+    work = [(v, pending) for v in videos if (pending := [q for q in v.questions if (v.video_id, q.index) not in done])]
+    bar = _progress_bar(len(wanted) - resumed, progress)
     answered = 0
     try:
-        for item in videos:
-            pending = [q for q in item.questions if (item.video_id, q.index) not in done]
-            if not pending:
+        for event in answerer.answer(work, settings, judge) if work else ():
+            if isinstance(event, Note):
+                notes.append(f"{event.video_id}: {event.message}")
+                bar.write(f"warning: {event.video_id}: {event.message}", file=sys.stderr)
                 continue
-            streaming = settings.mode == "streaming" or (settings.mode == "auto" and item.streaming)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                for record in _video_records(engine, item, pending, settings, judge, streaming):
-                    record["settings"] = settings_dict
-                    if results:
-                        results.append(record)
-                    done[(item.video_id, record["index"])] = record
-                    answered += 1
-                    bar.update(1)
-            for w in caught:
-                notes.append(f"{item.video_id}: {w.message}")
-                bar.write(f"warning: {item.video_id}: {w.message}", file=sys.stderr)
+            key = (event.video_id, event.record["index"])
+            if key in done:  # a retried video may answer again what its lost worker had sent
+                continue
+            record = {**event.record, "settings": settings_dict}
+            if results:
+                results.append(record)
+            done[key] = record
+            answered += 1
+            bar.update(1)
     finally:
         bar.close()
     records = [done[(v.video_id, q.index)] for v, q in wanted]
@@ -125,9 +169,11 @@ def _progress_bar(total: int, enabled: bool):
                 dynamic_ncols=True, smoothing=0.1)
 
 
-def _video_records(engine: Engine, item: VideoItem, pending: list[Question], settings: EvalSettings,
-                   judge: Judge, streaming: bool):
-    """Yield one record per pending question of one video, ingesting its frames as needed."""
+def answer_video(engine: Engine, item: VideoItem, pending: list[Question], settings: EvalSettings,
+                 judge: Judge) -> Iterator[dict]:
+    """Yield one record (without "settings") per pending question of one video, ingesting its
+    frames as needed: the work of one video, the same in this process and on a Ray worker."""
+    streaming = settings.mode == "streaming" or (settings.mode == "auto" and item.streaming)
     stream = engine.stream(settings.stream)
     try:
         if not streaming:
