@@ -199,3 +199,12 @@ def test_ray_flag_without_ray_installed_is_one_sentence(env, annotations, tmp_pa
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as if not installed
     code, stdout, stderr = run_cli(capsys, annotations, "--video-root", str(ASSETS), *FAST, "--ray")
     assert_one_sentence(code, stdout, stderr, "--ray needs Ray, which is not installed", "memstream[ray]")
+
+
+@pytest.mark.slow
+def test_more_workers_than_the_cluster_has_is_one_sentence(cluster, annotations, tmp_path, capsys):
+    code, stdout, stderr = run_cli(capsys, annotations, "--video-root", str(ASSETS), "--out",
+                                   str(tmp_path / "x.jsonl"), *FAST, "--ray", "--workers", "3")
+    assert_one_sentence(code, stdout, stderr, "--workers 3 needs 3 CPUs but the Ray cluster has 2",
+                        "--workers 2 or fewer")
+    assert not (tmp_path / "x.jsonl").exists()

@@ -123,7 +123,7 @@ class RayPool:
         self.address, self.workers, self.retries = address, workers, retries
         self.worker_args = (model, expert, device, list(plugins or []))
         self.init_options = init_options or {}
-        self.started = False  # whether this pool started Ray (then it shuts it down)
+        self.started = False  # whether this pool called ray.init (then it disconnects; a cluster it started stops)
 
     def answer(self, work: Work, settings: EvalSettings, judge: Judge) -> Iterator[Answered | Note]:
         with _quiet_ray_errors():
@@ -140,11 +140,17 @@ class RayPool:
         if ray.is_initialized():  # a caller's own ray.init (tests, notebooks): use that cluster
             return
         options = {"log_to_driver": False, "logging_level": logging.ERROR, **self.init_options}
-        if self.address == "auto":  # a cluster of our own: no dashboard, and a small object store (Ray's
-            # default is 30% of RAM in /dev/shm; only paths, settings and result records travel through it)
-            options = {"include_dashboard": False, "object_store_memory": 256 * 2**20, **options}
+        # "auto": Ray joins a cluster started on this machine by `ray start` if there is one, else
+        # starts its own; only our own gets these settings: no dashboard, and a small object store
+        # (Ray's default is 30% of RAM in /dev/shm; only paths, settings and records travel through it)
+        own = {"include_dashboard": False, "object_store_memory": 256 * 2**20} if self.address == "auto" else {}
         try:
-            ray.init(address=None if self.address == "auto" else self.address, **options)
+            try:
+                ray.init(address=None if self.address == "auto" else self.address, **own, **options)
+            except ValueError:
+                if not own:
+                    raise
+                ray.init(address=None, **options)  # an existing cluster refuses settings of a new one
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = "a local Ray cluster" if self.address == "auto" else f"the Ray cluster at {self.address}"
             raise EvalError(f"Could not start or join {where}: {str(exc).splitlines()[0]}") from exc
@@ -162,10 +168,16 @@ class RayPool:
         lost = (RayActorError, WorkerCrashedError, ObjectLostError)
         resources = ray.cluster_resources()
         gpu = resources.get("GPU", 0) >= 1 and self.worker_args[2] != "cpu"
-        size = self.workers or max(1, int(resources.get("GPU" if gpu else "CPU", 1)))
-        size = min(size, len(work))
+        kind = "GPU" if gpu else "CPU"
+        capacity = int(resources.get(kind, 0))
+        if self.workers is not None and self.workers > capacity:  # the extra actors would wait forever
+            raise EvalError(f"--workers {self.workers} needs {self.workers} {kind}s but the Ray cluster has "
+                            f"{capacity}; use --workers {max(capacity, 1)} or fewer.")
+        size = min(self.workers or max(1, capacity), len(work))
         actors = [self._spawn(gpu) for _ in range(size)]
-        queue = deque(_Task(item, list(pending)) for item, pending in work)
+        # longest first (by annotated duration), so that the run does not end waiting on one long video
+        ordered = sorted(work, key=lambda w: -(w[0].duration or 0.0))
+        queue = deque(_Task(item, list(pending)) for item, pending in ordered)
         answered: dict[str, set[int]] = {}  # question indices per video that reached the driver
         crash_id = os.environ.get(CRASH_ENV)
         running: dict = {}  # generator -> (slot, task)
