@@ -159,6 +159,27 @@ def test_a_worker_killed_mid_video_still_gives_every_record_once(env, annotation
     assert json.loads(proc.stdout)["warnings"] == [proc.stderr.strip().removeprefix("warning: ")]
 
 
+
+@pytest.mark.slow
+def test_a_plugin_policy_runs_on_the_workers(env, annotations, tmp_path):
+    """--plugin FILE: the policy it registers reaches the workers (imported there, by absolute path,
+    before the settings that name its config class arrive). The plug-in is docs/extending.md's."""
+    pytest.importorskip("ray")
+    import re
+
+    doc = (REPO / "docs" / "extending.md").read_text()
+    (tmp_path / "every_other.py").write_text(re.findall(r"```python\n(.*?)```", doc, flags=re.S)[0])
+    out = tmp_path / "plugin.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "memstream", "eval", annotations, "--video-root", str(ASSETS),
+                           "--out", str(out), *FAST, "--limit", "2", "--plugin", "every_other.py",
+                           "--policy", "every-other", "--stride", "3", "--ray", "--workers", "2"],
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = by_key(out)
+    assert sorted(records) == [k for k in KEYS if k[0] in ("mc", "rvs")]
+    assert {(r["settings"]["policy"], r["settings"]["stride"]) for r in records.values()} == {("every-other", 3)}
+
 @pytest.mark.slow
 def test_without_ray_flag_ray_is_not_imported(env, annotations, tmp_path):
     code = ("import sys; from memstream.cli import main; "

@@ -28,6 +28,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .annotations import Question, VideoItem
 from .errors import EvalError
@@ -68,16 +69,23 @@ class EvalWorker:
     """The body of one Ray actor: loads the engine on its first video, then answers videos."""
 
     def __init__(self, model: str | None, expert: str | None, device: str, plugins: list[str]):
-        self.model, self.expert, self.device, self.plugins = model, expert, device, plugins
+        self.model, self.expert, self.device = model, expert, device
         self.engine = None
+        self.failed: Exception | None = None
+        try:  # before any call's arguments arrive: their settings may name a plug-in's policy classes
+            from ..plugins import load_plugins
+
+            load_plugins(plugins)
+        except Exception as exc:  # raised by the first call, as one clear error rather than a dead actor
+            self.failed = exc
 
     def ready(self) -> int:
         """Load the engine now (its errors surface here); returns this worker's process id."""
+        if self.failed is not None:
+            raise self.failed
         if self.engine is None:
             from ..engine import load
-            from ..plugins import load_plugins
 
-            load_plugins(self.plugins)  # policies registered by --plugin exist in this process too
             self.engine = load(model=self.model, expert=self.expert, device=self.device)
         return os.getpid()
 
@@ -121,7 +129,9 @@ class RayPool:
         if address != "auto":
             check_address(address)
         self.address, self.workers, self.retries = address, workers, retries
-        self.worker_args = (model, expert, device, list(plugins or []))
+        # plug-in files by absolute path: a worker's working directory may differ from ours
+        plugins = [str(Path(p).resolve()) if p.endswith(".py") or os.sep in p else p for p in plugins or []]
+        self.worker_args = (model, expert, device, plugins)
         self.init_options = init_options or {}
         self.started = False  # whether this pool called ray.init (then it disconnects; a cluster it started stops)
 
