@@ -162,8 +162,12 @@ class RayPool:
                     raise
                 ray.init(address=None, **options)  # an existing cluster refuses settings of a new one
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = "a local Ray cluster" if self.address == "auto" else f"the Ray cluster at {self.address}"
-            raise EvalError(f"Could not start or join {where}: {str(exc).splitlines()[0]}") from exc
+            reason = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+            if self.address == "auto":
+                raise EvalError(f"Could not start or join a local Ray cluster ({reason}).") from exc
+            raise EvalError(f"Could not join the Ray cluster at {self.address} ({reason}); if it uses token "
+                            "authentication (the default of `ray start`), set RAY_AUTH_MODE=token and give this "
+                            "machine the head's ~/.ray/auth_token.") from exc
         self.started = True
 
     def _spawn(self, gpu: bool):
