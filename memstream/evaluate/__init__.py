@@ -6,7 +6,8 @@
     run.summary["accuracy"], run.summary["by_question_type"]
 
 The CLI form is `python -m memstream eval ANNOTATIONS --video-root DIR` (`register` adds it).
-See docs/eval.md.
+With `--ray`, a pool of Ray workers answers instead (`distributed.RayPool`, also accepted by
+`run_eval`; that module, and Ray, are imported only then). See docs/eval.md and docs/scaling.md.
 """
 
 from .annotations import Question, VideoItem, load_annotations
