@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from . import bench, evaluate
+from .backbones import PRESETS
 from .engine import load
 from .errors import MemStreamError
 from .options import add_engine_arguments, add_stream_arguments, check_expert_flag, stream_options
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="the question, in quotes")
     add_engine_arguments(ask)
     add_stream_arguments(ask)
-    ask.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit, tokens")
+    ask.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit, tokens (default: 64)")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ask.set_defaults(handler=run_ask)
     # other subcommands register here: module.register(sub) adds a parser with set_defaults(handler=...)
@@ -64,7 +65,7 @@ def _retrieval_summary(answer) -> str:
     layers = len(trace.selected)
     picked = [i for i in range(len(counts)) if counts[i] > 0]
     parts = [f"{trace.block_times[i]:.1f}s ({int(counts[i])}/{layers} layers)" for i in picked]
-    verb = "held (tokens of)" if trace.kept is not None else "retrieved"  # hermes holds, it does not retrieve
+    verb = {"held": "held (tokens of)", "attended": "attended (window)"}.get(trace.selection, "retrieved")
     bias = f"internal {trace.bias['internal']:+.2f}"
     if trace.external is not None:
         bias += f", fused {trace.bias['fused']:+.2f}"
@@ -81,6 +82,9 @@ def run_ask(args: argparse.Namespace) -> int:
         stream.add_video(args.video)
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     answer = stream.ask(args.question, max_new_tokens=args.max_new_tokens)
+    if engine.backbone.name in PRESETS:  # offline presets have random weights
+        notes.append(f"model {engine.backbone.name!r} has random weights, so its answer is noise; memory, "
+                     "retrieval and timings are real.")
     if args.json:
         out = {
             "answer": answer.text, "question": answer.question, "model": engine.backbone.name,
