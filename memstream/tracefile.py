@@ -54,6 +54,13 @@ class TraceEntry:
     blocks: int
     tokens: int
 
+    def to_dict(self) -> dict:
+        """The entry as a trace file holds it (what `answer_entry` wrote)."""
+        return {"question": self.question, "answer": self.answer, "model": self.model, "policy": self.policy,
+                "settings": _plain(self.settings), "source": self.source, "asked_at_s": self.asked_at_s,
+                "ttft_s": self.ttft_s, "total_s": self.total_s, "frames": self.frames, "blocks": self.blocks,
+                "tokens": self.tokens, "trace": self.trace.to_dict()}
+
     def summary(self) -> str:
         """The stamp the demo shows under an answer."""
         return (f"asked at {self.asked_at_s:.1f} s · {self.frames} frames · {self.blocks} blocks · {self.tokens} "

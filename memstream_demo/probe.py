@@ -18,7 +18,8 @@ from memstream.trace import RetrievalTrace
 MAX_POINTS = 12  # times asked per probe
 
 
-def probe_times(duration_s: float, points: int, start_s: float | None = None, end_s: float | None = None) -> list[float]:
+def probe_times(duration_s: float, points: int, start_s: float | None = None,
+                end_s: float | None = None) -> list[float]:
     """`points` times evenly spread over [start_s, end_s] (defaults: one fifth of the video, its end)."""
     if not isinstance(points, int | float) or not 2 <= int(points) <= MAX_POINTS:
         raise ConfigError(f"The probe asks at 2 to {MAX_POINTS} times, not {points!r}.")
