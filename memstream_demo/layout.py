@@ -107,7 +107,7 @@ def build(engine: Engine, *, banner: str = "", defaults: Settings | None = None,
             with gr.Row():
                 probe_q = gr.Textbox(label="question", value="When did the yellow star appear?", scale=3,
                                      elem_id="probe-question")
-                probe_n = gr.Number(label="times", value=6, precision=0, minimum=2, maximum=MAX_POINTS,
+                probe_n = gr.Number(label=f"times (2 to {MAX_POINTS})", value=6, precision=None,
                                     elem_id="probe-points", min_width=80)
                 probe_start = gr.Number(label="from (s)", value=None, elem_id="probe-start", min_width=80)
                 probe_end = gr.Number(label="to (s)", value=None, elem_id="probe-end", min_width=80)

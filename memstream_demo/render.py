@@ -58,8 +58,10 @@ def answer_message(policy: str, text: str, stamp: str, compare: bool, final: boo
 def render_status(st: dict | None, message: str = "") -> str:
     """The status panel: a progress bar over the video's length, the player's position on it, and the
     memory's numbers (per policy in compare mode)."""
-    if not st:
-        return f"<div id='status-box' style='padding:6px;color:#666'>{html.escape(message or 'No video yet.')}</div>"
+    if not st or not st.get("source"):
+        model = "".join(f" · model {html.escape(v)}" for k, v in _rows(st or {}) if k == "model")
+        return (f"<div id='status-box' data-state='{(st or {}).get('state', 'idle')}' data-blocks='0' "
+                f"style='padding:6px;color:#666'>{html.escape(message or 'No video yet.')}{model}</div>")
     state, kind = st.get("state", "idle"), st.get("kind")
     duration = st.get("duration_s") or 0.0
     pos = st.get("position_s") or 0.0
