@@ -112,11 +112,12 @@ def figure(trace, title: str | None = None, height: int | None = None) -> go.Fig
     total = height or natural_height(trace)
     kept = getattr(trace, "kept", None)
     word = {"held": "held", "attended": "attended"}.get(getattr(trace, "selection", "retrieved"), "retrieved")
-    lower_title = ("tokens each layer holds per block (each layer normalised)" if kept is not None
-                   else "internal score per layer (each layer normalised)")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=70 / total,
+    lower_title = ("tokens each layer holds per block (rows normalised)" if kept is not None
+                   else "internal score per layer (rows normalised)")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=60 / total,
                         row_heights=[top_px, layer_px],
-                        subplot_titles=("scores per block (each row normalised)", lower_title))
+                        subplot_titles=("scores per block (rows normalised)", lower_title))
+    fig.update_annotations(font_size=12)  # the subplot titles: fit a phone's width
 
     # -- top: internal / external / fused
     y_top = list(range(len(rows)))[::-1]  # first row drawn on top
@@ -175,9 +176,10 @@ def figure(trace, title: str | None = None, height: int | None = None) -> go.Fig
     first = " · ".join(x for x in (title, policy) if x)
     fig.update_layout(
         title=dict(text=(f"{first}<br>" if first else "") + f"<span style='font-size:11px'>{bias_text(trace)}</span>",
-                   font=dict(size=13), x=0.01, xanchor="left", y=0.985, yanchor="top"),
+                   font=dict(size=13), x=0.01, xanchor="left", yref="container", y=1, yanchor="top",
+                   pad=dict(t=8)),
         coloraxis=dict(colorscale=COLORSCALE, cmin=0, cmax=1, colorbar=dict(title="score", thickness=10, len=0.8)),
-        showlegend=False, margin=dict(l=70, r=10, t=90, b=40),
+        showlegend=False, margin=dict(l=70, r=10, t=64, b=40),
         height=total,
         template="plotly_white",
     )

@@ -56,16 +56,16 @@ def build(engine: Engine, *, banner: str = "", defaults: Settings | None = None,
     model = str(engine.backbone.name)
 
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# memstream · streaming video QA over a KV-cache memory\nA video streams into the memory "
-                    f"of a Video-LLM (model **{model}**) block by block; ask at any moment. Each answer shows "
-                    "which moments each layer used, and whether retrieval prefers late frames (temporal bias).")
+        gr.Markdown(f"## memstream · streaming video QA over a KV-cache memory\nA video streams into a Video-LLM's "
+                    f"memory (model **{model}**) block by block; ask at any moment and see which moments it used.",
+                    elem_id="intro")
         gr.Markdown(banner, elem_id="banner", visible=bool(banner))
         notice = gr.HTML(notice_html(""), elem_id="notice")
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=340):
                 with gr.Tabs():
                     with gr.Tab("Video file", id="file"):
-                        player = gr.Video(value=sample, label="video", elem_id="player", height=240,
+                        player = gr.Video(value=sample, label="video", elem_id="player", height=210,
                                           interactive=False, autoplay=False)
                         with gr.Row():
                             upload_btn = gr.UploadButton("Upload a video", file_types=["video"], size="sm",
@@ -75,10 +75,10 @@ def build(engine: Engine, *, banner: str = "", defaults: Settings | None = None,
                             remove_btn = gr.Button("Remove the video", size="sm", elem_id="remove-btn")
                     with gr.Tab("Webcam", id="webcam"):
                         cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="webcam",
-                                       elem_id="webcam", height=240)
+                                       elem_id="webcam", height=210)
                         gr.Markdown("Start the webcam: frames are ingested live, at the stream's fps.")
                 status = gr.HTML(render_status(None), elem_id="status")
-                chat = gr.Chatbot(label="chat", elem_id="chat", height=300, feedback_options=None,
+                chat = gr.Chatbot(label="chat", elem_id="chat", height=220, feedback_options=None,
                                   placeholder="Ask about the video: answers stream in, stamped with what the "
                                               "memory held when you asked and the model that answered.")
                 with gr.Row():

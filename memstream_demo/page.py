@@ -66,6 +66,8 @@ PAGE_JS = """() => {
 
 CSS = """
 #notice p { margin: 0; }
+#intro h2 { margin: 0 0 2px 0; }
+#intro p { margin: 0; }
 #banner { background: #fff3cd; border: 1px solid #e0b252; border-radius: 6px; padding: 6px 12px; }
 #banner p { margin: 0; color: #5c4400; }
 #enlarged { position: fixed; inset: 0; background: rgba(0,0,0,0.8); z-index: 1000; display: flex;
@@ -75,7 +77,10 @@ CSS = """
 #enlarged .cap { color: #fff; margin-top: 8px; font-size: 0.9em; }
 #heatmap .js-plotly-plot, #heatmap-b .js-plotly-plot { cursor: pointer; }
 .thumb-strip img { max-width: 45vw; }
+.status-grid { display: grid; grid-template-columns: max-content 1fr max-content 1fr; gap: 1px 12px;
+  font-size: 0.85em; margin-top: 5px; }
 @media (max-width: 600px) {
+  .status-grid { grid-template-columns: max-content 1fr; }
   #heatmap, #heatmap-b { overflow-x: auto; }
   .thumb-strip img { height: 56px !important; }
 }

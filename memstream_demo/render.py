@@ -33,13 +33,21 @@ def notice_html(text: str, level: str = "info") -> str:
 def visible_text(text: str) -> str:
     """`text` with every character a font cannot draw shown as its code: control and format characters,
     unassigned or private code points and U+FFFD (what a random-weight model's bytes decode to) become
-    ⟨U+0003⟩, so an answer never looks like a broken font. Newlines and tabs stay."""
-    out = []
-    for ch in text:
+    ⟨U+0003⟩ (a run of one as ⟨U+0002 ×17⟩), so an answer never looks like a broken font. Newlines and
+    tabs stay."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
         if ch in "\n\t" or (ch != "\ufffd" and unicodedata.category(ch) not in ("Cc", "Cf", "Cn", "Co", "Cs")):
             out.append(ch)
-        else:
-            out.append(f"⟨U+{ord(ch):04X}⟩")
+            i += 1
+            continue
+        run = 1
+        while i + run < len(text) and text[i + run] == ch:
+            run += 1
+        out.append(f"⟨U+{ord(ch):04X}{f' ×{run}' if run > 1 else ''}⟩")  # a run once, with its length
+        i += run
     return "".join(out)
 
 
@@ -92,8 +100,7 @@ def render_status(st: dict | None, message: str = "") -> str:
             f"data-pace='{st.get('pace', '')}'>"
             f"<div style='font-size:0.9em;margin-bottom:3px'><b>{src}</b> · {where}<span id='player-pos'></span>"
             f" · {state_text}</div>{bar}"
-            f"<div style='display:grid;grid-template-columns:max-content 1fr;gap:1px 14px;font-size:0.85em;"
-            f"margin-top:5px'>{table}</div></div>")
+            f"<div class='status-grid'>{table}</div></div>")
 
 
 def _rows(st: dict) -> list[tuple[str, str]]:
