@@ -65,7 +65,7 @@ def build(engine: Engine, *, banner: str = "", defaults: Settings | None = None,
             with gr.Column(scale=5, min_width=340):
                 with gr.Tabs():
                     with gr.Tab("Video file", id="file"):
-                        player = gr.Video(value=sample, label="video", elem_id="player", height=210,
+                        player = gr.Video(value=sample, label="video", elem_id="player", height=190,
                                           interactive=False, autoplay=False)
                         with gr.Row():
                             upload_btn = gr.UploadButton("Upload a video", file_types=["video"], size="sm",
@@ -75,10 +75,10 @@ def build(engine: Engine, *, banner: str = "", defaults: Settings | None = None,
                             remove_btn = gr.Button("Remove the video", size="sm", elem_id="remove-btn")
                     with gr.Tab("Webcam", id="webcam"):
                         cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="webcam",
-                                       elem_id="webcam", height=210)
+                                       elem_id="webcam", height=190)
                         gr.Markdown("Start the webcam: frames are ingested live, at the stream's fps.")
                 status = gr.HTML(render_status(None), elem_id="status")
-                chat = gr.Chatbot(label="chat", elem_id="chat", height=220, feedback_options=None,
+                chat = gr.Chatbot(label="chat", elem_id="chat", height=210, feedback_options=None,
                                   placeholder="Ask about the video: answers stream in, stamped with what the "
                                               "memory held when you asked and the model that answered.")
                 with gr.Row():

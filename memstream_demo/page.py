@@ -73,7 +73,7 @@ CSS = """
 #enlarged { position: fixed; inset: 0; background: rgba(0,0,0,0.8); z-index: 1000; display: flex;
   flex-direction: column; align-items: center; justify-content: center; cursor: zoom-out; }
 #enlarged .frames { display: flex; gap: 6px; flex-wrap: wrap; justify-content: center; max-width: 96vw; }
-#enlarged img { max-height: 70vh; max-width: 47vw; border-radius: 4px; image-rendering: auto; }
+#enlarged img { height: min(70vh, 480px); width: auto; max-width: 47vw; object-fit: contain; border-radius: 4px; }
 #enlarged .cap { color: #fff; margin-top: 8px; font-size: 0.9em; }
 #heatmap .js-plotly-plot, #heatmap-b .js-plotly-plot { cursor: pointer; }
 .thumb-strip img { max-width: 45vw; }

@@ -27,7 +27,7 @@ class Limits:
     idle_timeout_s: float = 1800.0  # a session without user action for this long is freed
     webcam_gap_s: float = 3.0  # no webcam frame for this long: shown as stopped
     max_thumbnails: int = 12  # blocks shown as thumbnails per answer and policy
-    thumbnail_height: int = 144  # px: every frame of every block is kept this high (JPEG), for the strip
+    thumbnail_height: int = 240  # px: every frame of every block is kept this high (JPEG, ~8 KB), for the strip
     reattach_s: float = 120.0  # a closed or reloaded tab's session waits this long for the tab to come back
     max_answers: int = 50  # answers (with traces and thumbnails) kept per session
     webcam_time_limit_s: float = 1800.0  # one webcam streaming run (gradio's time_limit)
