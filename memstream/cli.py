@@ -82,21 +82,22 @@ def run_ask(args: argparse.Namespace) -> int:
         stream.add_video(args.video)
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     answer = stream.ask(args.question, max_new_tokens=args.max_new_tokens)
-    if engine.backbone.name in PRESETS:  # offline presets have random weights
-        notes.append(f"model {engine.backbone.name!r} has random weights, so its answer is noise; memory, "
-                     "retrieval and timings are real.")
+    noise = engine.backbone.name in PRESETS  # offline presets have random weights
     if args.json:
         out = {
             "answer": answer.text, "question": answer.question, "model": engine.backbone.name,
             "policy": answer.policy, "ttft_s": answer.ttft_s, "total_s": answer.total_s,
             "asked_at_s": answer.asked_at_s, "frames": answer.frames_seen, "blocks": answer.blocks_seen,
             "tokens": answer.tokens_seen, "stats": stream.stats(), "trace": answer.trace.to_dict(),
-            "warnings": notes,
+            "warnings": notes, "random_weights": noise,
         }
         print(json.dumps(out, default=str))
     else:
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
+        if noise:
+            print(f"note: model {engine.backbone.name!r} has random weights, so its answer is noise; the memory, "
+                  "retrieval and timings are real.", file=sys.stderr)
         print(answer.text)
         print(f"-- {answer.summary()}")
         print(_retrieval_summary(answer))
