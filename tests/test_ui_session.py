@@ -3,6 +3,7 @@ compare mode, webcam frames, caps and the idle reaper, on the tiny model."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -236,5 +237,30 @@ def test_a_reloaded_tab_finds_its_session_and_a_gone_one_is_freed(engine):
         time.sleep(0.6)
         assert m.reap() == ["first-hash"] and len(m) == 0 and s.closed
         assert m.attach("third-hash", "first-hash") is None  # too late: a new session
+    finally:
+        m.shutdown()
+
+
+DEMO_SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "demo_sample.mp4")
+
+
+def test_the_demo_sample_streams_in_real_time_and_hermes_compresses_it(engine):
+    """`python app.py --model tiny`'s defaults on the built-in three-minute sample."""
+    import app
+
+    defaults = app.demo_defaults(engine, tiny=True)
+    assert defaults.pace == "real time" and defaults.option("hermes", "budget") == 1024
+    m = SessionManager(engine, defaults, Limits())
+    try:
+        s = m.get("live")
+        assert s.start_file(DEMO_SAMPLE, "demo_sample.mp4")
+        time.sleep(3.0)
+        st = s.status()  # real time: about 3 s of the 180 s in, not all of it
+        assert st["state"] == "ingesting" and 1.0 <= st["position_s"] <= 6.0 and st["duration_s"] == 180.0
+        s.settings.pace = "as fast as possible"
+        s.apply_settings(dataclasses.replace(s.settings, policy="hermes"))
+        wait_for(lambda: s.status()["state"] == "done", timeout=180)
+        st = s.status()
+        assert st["blocks"] == 180 and st["compression_ratio"] > 2  # the default budget is exceeded many times
     finally:
         m.shutdown()
