@@ -64,10 +64,10 @@ def drift_figure(points: list, question: str = "", height: int = 560) -> go.Figu
     """The probe's picture; `points`: (time asked in s, trace) pairs in time order."""
     has_fused = any(tr.ranking in ("fused", "external") for _, tr in points)
     scores = ["internal"] + (["fused"] if has_fused else [])
-    fig = make_subplots(rows=1 + len(scores), cols=1, vertical_spacing=0.12,
+    fig = make_subplots(rows=1 + len(scores), cols=1, vertical_spacing=0.14,
                         row_heights=[0.3] + [0.7 / len(scores)] * len(scores),
-                        subplot_titles=["ρ(score, time) as the stream grows"]
-                        + [f"{s} score per block, one row per time asked (each row normalised)" for s in scores])
+                        subplot_titles=[""] + [f"{s} score per block, one row per time asked (rows normalised)"
+                                               for s in scores])
     asked = [t for t, _ in points]
     for score in scores:
         fig.add_trace(go.Scatter(
@@ -91,9 +91,12 @@ def drift_figure(points: list, question: str = "", height: int = 560) -> go.Figu
     fig.update_xaxes(title_text="block time (s)", row=1 + len(scores), col=1)
     fig.update_yaxes(title_text="ρ", range=[-1.05, 1.05], row=1, col=1)
     q = question if len(question) <= 50 else question[:49] + "…"
-    fig.update_layout(title=dict(text=f"bias drift · “{q}”", font=dict(size=13), x=0.01, xanchor="left"),
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=dict(text=f"bias drift · “{q}”<br><span style='font-size:11px'>top: ρ(score, time) "
+                                      "at each time asked (> 0 = later blocks score higher)</span>",
+                                 font=dict(size=13), x=0.01, xanchor="left"),
                       coloraxis=dict(colorscale=COLORSCALE, cmin=0, cmax=1,
                                      colorbar=dict(title="score", thickness=12, len=0.5, y=0.3)),
-                      height=height, margin=dict(l=60, r=20, t=70, b=40), template="plotly_white",
-                      showlegend=True, legend=dict(orientation="h", y=1.08, x=0.6))
+                      height=height, margin=dict(l=60, r=20, t=80, b=40), template="plotly_white",
+                      showlegend=True, legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"))
     return fig

@@ -103,7 +103,7 @@ def build(engine: Engine, *, banner: str = "", defaults: Settings | None = None,
             bias_plot = gr.Plot(show_label=False, elem_id="bias-plot")
             gr.Markdown("**Probe:** ask one question at several moments of the current video file (on a fresh "
                         "memory of it, under the first policy) and see how the internal and fused rankings drift "
-                        "as the stream grows. Empty range = from a fifth of the video to its end.")
+                        "as the stream grows. from 0 = a fifth into the video; to 0 = its end.")
             with gr.Row():
                 probe_q = gr.Textbox(label="question", value="When did the yellow star appear?", scale=3,
                                      elem_id="probe-question")

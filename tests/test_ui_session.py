@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memstream_demo.render import render_status
-
 from memstream.errors import EmptyMemoryError, InputError
 from memstream_demo.manager import SessionManager
+from memstream_demo.render import render_status
 from memstream_demo.state import Limits, SessionLimitError, Settings
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
@@ -65,8 +64,10 @@ def test_file_ingestion_question_and_record(manager):
     # the demo keeps every frame of every block (JPEG, Limits.thumbnail_height px high)
     assert len(s.thumbs) == st["blocks"] and all(len(uris) == 2 for uris in s.thumbs.images)
     assert len(th["uris"]) == 2 and all(u.startswith("data:image/jpeg;base64,") for u in th["uris"])
+    import base64
+    import io
+
     from PIL import Image
-    import base64, io
     img = Image.open(io.BytesIO(base64.b64decode(th["uris"][0].split(",", 1)[1])))
     assert img.height == manager.limits.thumbnail_height
     assert res.model == "tiny" and res.settings["policy"] == "rekv" and res.settings["topk"] == 3
