@@ -178,6 +178,34 @@ def test_a_reload_keeps_the_answers(page, server):
     assert len(server.sessions) == 1
 
 
+def test_an_avi_upload_plays_as_a_copy_without_a_toast(page, video_factory):
+    upload(page, video_factory.odd_size("b.avi"))
+    page.wait_for_function("document.querySelector('#status-box').innerText.includes('b.avi')", timeout=20000)
+    page.wait_for_function("document.querySelector('#player video')?.src.endsWith('b-preview.mp4')", timeout=20000)
+    page.wait_for_timeout(1500)  # the browser has tried to load it
+    assert page.locator(".toast-wrap > *").count() == 0  # no "Video not playable"
+    assert page.evaluate("document.querySelector('#player video').error") is None
+
+
+def test_real_time_pacing_plays_the_player_in_step_with_ingestion(page):
+    page.click("#settings .label-wrap")
+    page.get_by_label("real time").check()
+    page.click("#apply-btn")
+    page.wait_for_function("document.querySelector('#notice').innerText.includes('pacing: real time')", timeout=10000)
+    page.click("#sample-btn")
+    page.wait_for_selector("#status-box[data-state=ingesting][data-pace='real time']", timeout=10000)
+    page.wait_for_timeout(2500)
+    state = page.evaluate("(() => { const v = document.querySelector('#player video'); "
+                          "const b = document.querySelector('#status-box'); "
+                          "return [v.paused, v.currentTime, +b.dataset.position, b.dataset.state]; })()")
+    paused, at, ingested, st = state
+    assert st == "ingesting" and not paused and 0.5 < at and abs(at - ingested) < 2.5, state  # live, in step
+    page.wait_for_selector("#status-box[data-state=done]", timeout=30000)
+    page.get_by_label("as fast as possible").check()
+    page.click("#apply-btn")
+    page.click("#settings .label-wrap")
+
+
 def test_fake_webcam_streams_frames_and_blocks_grow(page):
     page.get_by_role("tab", name="Webcam").click()
     page.get_by_text("Click to Access Webcam").click()
