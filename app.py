@@ -35,7 +35,7 @@ def _add_expert(engine: memstream.Engine, expert: str | None) -> str:
         return ""
     except memstream.MemStreamError as exc:
         print(f"warning: {exc} Continuing without an external expert.", flush=True)
-        return f"The external expert is off ({exc})"
+        return "The external expert could not be loaded, so the policies that need one are not offered."
 
 
 def _expert_for(model: str | None, expert: str | None) -> str | None:
@@ -55,12 +55,21 @@ def load_engine(model: str | None, expert: str | None, device: str) -> tuple[mem
         if model == "tiny":
             raise
         print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
-        notes.append(f"The real model could not be loaded ({exc})")
+        # the reason (and what an operator can do) is in the server log; a web visitor gets what it means
+        notes.append("The real model could not be loaded on this server, so this demo runs a tiny stand-in instead.")
         model, engine = "tiny", memstream.load(model="tiny", device=device)
     notes.append(_add_expert(engine, _expert_for(model, expert)))
     if model == "tiny":
         notes.append(TINY_BANNER)
     return engine, " ".join(n for n in notes if n)
+
+
+def demo_defaults(engine: memstream.Engine, tiny: bool) -> Settings:
+    """The page's settings on start. Real-time pacing: the built-in sample visibly streams, the player in
+    step with ingestion. The tiny model is CPU-sized: fewer tokens per frame, and a topk / hermes budget
+    small enough that the three-minute sample is retrieved from and compressed (docs/demo.md)."""
+    defaults = Settings(expert=engine.expert_name or "none", pace="real time")
+    return defaults.with_options(tokens_per_frame=64, topk=4, budget=1024) if tiny else defaults
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,10 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--idle-timeout", type=float, default=1800.0, help="seconds before an idle session is freed")
     args = ap.parse_args(argv)
     engine, banner = load_engine(args.model, args.expert, args.device)
-    tiny = TINY_BANNER in banner
-    defaults = Settings(expert=engine.expert_name or "none")
-    if tiny:  # CPU-sized: fewer tokens per frame, and a topk / budget small enough to leave blocks of the sample out
-        defaults = defaults.with_options(tokens_per_frame=64, topk=4, budget=1024)
+    defaults = demo_defaults(engine, tiny=TINY_BANNER in banner)
     limits = Limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,
                     idle_timeout_s=args.idle_timeout)
     demo = build(engine, banner=banner, defaults=defaults, limits=limits)

@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from . import bench, evaluate
+from .backbones import PRESETS
 from .engine import load
 from .errors import MemStreamError
 from .options import add_engine_arguments, add_stream_arguments, check_expert_flag, stream_options
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="the question, in quotes")
     add_engine_arguments(ask)
     add_stream_arguments(ask)
-    ask.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit, tokens")
+    ask.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit, tokens (default: 64)")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ask.set_defaults(handler=run_ask)
     # other subcommands register here: module.register(sub) adds a parser with set_defaults(handler=...)
@@ -64,7 +65,7 @@ def _retrieval_summary(answer) -> str:
     layers = len(trace.selected)
     picked = [i for i in range(len(counts)) if counts[i] > 0]
     parts = [f"{trace.block_times[i]:.1f}s ({int(counts[i])}/{layers} layers)" for i in picked]
-    verb = "held (tokens of)" if trace.kept is not None else "retrieved"  # hermes holds, it does not retrieve
+    verb = {"held": "held (tokens of)", "attended": "attended (window)"}.get(trace.selection, "retrieved")
     bias = f"internal {trace.bias['internal']:+.2f}"
     if trace.external is not None:
         bias += f", fused {trace.bias['fused']:+.2f}"
@@ -81,18 +82,22 @@ def run_ask(args: argparse.Namespace) -> int:
         stream.add_video(args.video)
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     answer = stream.ask(args.question, max_new_tokens=args.max_new_tokens)
+    noise = engine.backbone.name in PRESETS  # offline presets have random weights
     if args.json:
         out = {
             "answer": answer.text, "question": answer.question, "model": engine.backbone.name,
             "policy": answer.policy, "ttft_s": answer.ttft_s, "total_s": answer.total_s,
             "asked_at_s": answer.asked_at_s, "frames": answer.frames_seen, "blocks": answer.blocks_seen,
             "tokens": answer.tokens_seen, "stats": stream.stats(), "trace": answer.trace.to_dict(),
-            "warnings": notes,
+            "warnings": notes, "random_weights": noise,
         }
         print(json.dumps(out, default=str))
     else:
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
+        if noise:
+            print(f"note: model {engine.backbone.name!r} has random weights, so its answer is noise; the memory, "
+                  "retrieval and timings are real.", file=sys.stderr)
         print(answer.text)
         print(f"-- {answer.summary()}")
         print(_retrieval_summary(answer))

@@ -32,6 +32,10 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / denom)
 
 
+SELECTIONS = ("retrieved", "held", "attended")  # RetrievalTrace.selection
+RANKINGS = ("internal", "external", "fused", "none")  # RetrievalTrace.ranking
+
+
 @dataclass
 class RetrievalTrace:
     """Retrieval scores of one question over the N blocks in memory when it was asked.
@@ -41,6 +45,9 @@ class RetrievalTrace:
     `fused` the score that decided retrieval for display (equal to `internal_agg` without an
     external expert). `bias` holds Spearman's rho between block start time and score: a positive
     `internal` value is the temporal bias (later blocks score higher) MemStream describes.
+
+    Two fields say what the numbers mean, so that a reader (the CLI, the demo's heatmap) never has to
+    know the policy: `selection` what `selected` lists, `ranking` which score chose it.
     """
 
     block_times: torch.Tensor  # [N] start of each block, seconds of stream time
@@ -52,18 +59,34 @@ class RetrievalTrace:
     bias: dict[str, float] = field(default_factory=dict)  # {"internal": rho, "fused": rho}
     policy: str = ""
     kept: torch.Tensor | None = None  # [L, N] long: tokens of each block each layer holds (hermes), else None
+    # what `selected` lists: "retrieved" (ranked, top-k at question time), "held" (blocks the memory
+    # still holds tokens of; nothing retrieved) or "attended" (a fixed window; nothing ranked)
+    selection: str = "retrieved"
+    # the score that chose the retrieved blocks: "internal", "external" or "fused" ("none" if nothing was ranked)
+    ranking: str = "internal"
 
     @classmethod
     def build(cls, block_times: torch.Tensor, internal: torch.Tensor, selected: list[torch.Tensor],
               external: torch.Tensor | None = None, fused: torch.Tensor | None = None,
-              policy: str = "", kept: torch.Tensor | None = None) -> RetrievalTrace:
+              policy: str = "", kept: torch.Tensor | None = None, selection: str = "retrieved",
+              ranking: str | None = None) -> RetrievalTrace:
+        """`ranking` defaults to "fused" when an external score and a fused one are given, else "internal"
+        ("none" for a selection that ranks nothing)."""
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if ranking is None:
+            ranking = "none" if selection != "retrieved" else (
+                "fused" if external is not None and fused is not None else "internal")
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
         internal = internal.float().cpu()
         agg = minmax(internal, dim=-1).mean(dim=0)
         fused = agg if fused is None else fused.float().cpu()
         external = None if external is None else external.float().cpu()
         bias = {"internal": spearman(block_times, agg), "fused": spearman(block_times, fused)}
         return cls(block_times.float().cpu(), internal, agg, external, fused,
-                   [s.cpu() for s in selected], bias, policy, None if kept is None else kept.long().cpu())
+                   [s.cpu() for s in selected], bias, policy, None if kept is None else kept.long().cpu(),
+                   selection, ranking)
 
     def selection_counts(self) -> torch.Tensor:
         """How many layers retrieved each block: LongTensor [N]."""
@@ -84,6 +107,8 @@ class RetrievalTrace:
             "selected": [s.tolist() for s in self.selected],
             "bias": self.bias,
             "kept": None if self.kept is None else self.kept.tolist(),
+            "selection": self.selection,
+            "ranking": self.ranking,
         }
 
 

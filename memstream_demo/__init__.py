@@ -5,10 +5,13 @@
     demo = build(engine, banner="...")     # a gr.Blocks; `launch` adds the page's css
     launch(demo, server_name="0.0.0.0", server_port=7860)
 
-`heatmap.py` is pure (trace -> Plotly figure), `fields.py` the settings form derived from the
-library's dataclasses, `state.py` the plain settings/answer records,
-`session.py` one browser session (its streams and ingestion thread), `manager.py` all sessions with
-their caps, `layout.py` the components and events.
+Pure parts (no gradio): `heatmap.py` (trace -> Plotly figure), `bias.py` (the temporal-bias figures),
+`render.py` (the page's HTML pieces), `fields.py` (the settings form derived from the library's
+dataclasses), `state.py` (plain settings/answer records), `probe.py` (one question at several stream
+times), `preview.py` (a browser-playable copy of an upload). Stateful: `session.py` (one browser
+session: its streams and ingestion thread), `manager.py` (all sessions, caps, reattaching a reloaded
+tab). Gradio: `form.py` (the settings accordion), `events.py` (the handlers), `layout.py` (the page's
+components and wiring), `page.py` (its CSS and script).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> Any:
     """`demo.launch(**kwargs)` with the page's css and theme (Gradio 6 takes them at launch)."""
     import gradio as gr
 
-    from .layout import CSS
+    from .page import CSS
 
     kwargs.setdefault("css", CSS)
     kwargs.setdefault("theme", gr.themes.Soft())

@@ -2,12 +2,13 @@
 
 Top panel, one row per score (each min-max normalised over the blocks so rows are comparable):
 `internal` (the layer average of the KV-cache scores), `external` (the expert's, only when the
-trace has one) and `fused` (what decided retrieval; drawn only when it differs from `internal`,
-that is when an external expert took part). Above the rows, a marker over every retrieved block,
-sized by how many layers retrieved it. Bottom panel: the internal score of every layer
-(layers x time, each layer normalised), with the blocks that layer retrieved marked; for a memory
-that holds tokens instead of retrieving blocks (hermes: `trace.kept`), the panel shows how many of
-each block's tokens every layer still holds, so the map is what the memory retains over time.
+trace has one) and `fused` (drawn only when the trace says the fused score chose the blocks,
+`trace.ranking`). Above the rows, a marker over every block the question was given, sized by how
+many layers had it, and named by `trace.selection`: "retrieved", "held" (a memory that keeps tokens
+and retrieves nothing) or "attended" (a fixed window). Bottom panel: the internal score of every
+layer (layers x time, each layer normalised), with each layer's blocks marked; when the trace has
+`kept` counts, it shows how many of each block's tokens every layer still holds instead, so the map
+is what the memory retains over time. Nothing here knows a policy by name.
 
 The x axis is each block's start time in seconds. The title carries the temporal bias: Spearman's
 rho between block time and score, for the internal and the fused scores (positive = later blocks
@@ -60,11 +61,12 @@ class Row:
 
 
 def score_rows(trace) -> list[Row]:
-    """The rows of the top panel, in drawing order (top to bottom): internal, external?, fused?."""
+    """The rows of the top panel, in drawing order (top to bottom): internal, external?, fused? (only
+    when the fused score is what ranked the blocks)."""
     out = [("internal", trace.internal_agg)]
     if trace.external is not None:
         out.append(("external", trace.external))
-    if trace.external is not None or not np.allclose(_np(trace.fused), _np(trace.internal_agg)):
+    if getattr(trace, "ranking", "internal") == "fused":
         out.append(("fused", trace.fused))
     return [Row(name, _np(v), normalise(v), ranks(v)) for name, v in out]
 
@@ -76,11 +78,20 @@ def fmt_rho(x: float | None) -> str:
 
 
 def bias_text(trace) -> str:
+    """The bias numbers: ρ of the internal score, and of the score that ranked the blocks when that is
+    another one (the fused, or the external alone)."""
     b = trace.bias or {}
     parts = [f"internal {fmt_rho(b.get('internal'))}"]
-    if "fused" in b and any(r.name != "internal" for r in score_rows(trace)):
-        parts.append(f"fused {fmt_rho(b.get('fused'))}")
+    ranking = getattr(trace, "ranking", "internal")
+    if "fused" in b and ranking in ("fused", "external"):
+        parts.append(f"{ranking} {fmt_rho(b.get('fused'))}")
     return "temporal bias ρ(score, time): " + " · ".join(parts)
+
+
+def natural_height(trace) -> int:
+    """The figure's height in px when none is given (compare mode draws both at the larger one)."""
+    n_layers = max(1, len(trace.selected))
+    return 36 * (len(score_rows(trace)) + 1) + int(np.clip(28 * n_layers, 70, 420)) + 190
 
 
 def figure(trace, title: str | None = None, height: int | None = None) -> go.Figure:
@@ -96,15 +107,17 @@ def figure(trace, title: str | None = None, height: int | None = None) -> go.Fig
     for sel in trace.selected:
         counts[_np(sel).astype(np.int64)] += 1
 
-    top_px = 36 * (len(rows) + 1)  # + the row of retrieval marks
+    top_px = 36 * (len(rows) + 1)  # + the row of marks
     layer_px = int(np.clip(28 * n_layers, 70, 420))
-    total = height or (top_px + layer_px + 170)
+    total = height or natural_height(trace)
     kept = getattr(trace, "kept", None)
-    lower_title = ("tokens each layer holds per block (each layer normalised)" if kept is not None
-                   else "internal score per layer (each layer normalised)")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=70 / total,
+    word = {"held": "held", "attended": "attended"}.get(getattr(trace, "selection", "retrieved"), "retrieved")
+    lower_title = ("tokens each layer holds per block (rows normalised)" if kept is not None
+                   else "internal score per layer (rows normalised)")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=60 / total,
                         row_heights=[top_px, layer_px],
-                        subplot_titles=("scores per block (each row normalised)", lower_title))
+                        subplot_titles=("scores per block (rows normalised)", lower_title))
+    fig.update_annotations(font_size=12)  # the subplot titles: fit a phone's width
 
     # -- top: internal / external / fused
     y_top = list(range(len(rows)))[::-1]  # first row drawn on top
@@ -118,13 +131,13 @@ def figure(trace, title: str | None = None, height: int | None = None) -> go.Fig
     picked = np.nonzero(counts)[0]
     mark_y = len(rows)
     fig.add_trace(go.Scatter(
-        x=times[picked], y=[mark_y] * len(picked), mode="markers", name="retrieved",
+        x=times[picked], y=[mark_y] * len(picked), mode="markers", name=word,
         marker=dict(symbol="triangle-down", color=MARK_COLOR, size=8 + 10 * counts[picked] / max(1, n_layers),
                     line=dict(width=0)),
         customdata=np.stack([counts[picked]], axis=-1) if len(picked) else None,
-        hovertemplate="t = %{x:.1f} s<br>retrieved by %{customdata[0]} of " + str(n_layers)
+        hovertemplate="t = %{x:.1f} s<br>" + word + " by %{customdata[0]} of " + str(n_layers)
                       + " layers<extra></extra>"), row=1, col=1)
-    fig.update_yaxes(tickvals=[*y_top, mark_y], ticktext=[r.name for r in rows] + ["retrieved"],
+    fig.update_yaxes(tickvals=[*y_top, mark_y], ticktext=[r.name for r in rows] + [word],
                      range=[-0.5, mark_y + 0.6], row=1, col=1)
 
     # -- bottom: layers x time
@@ -150,20 +163,23 @@ def figure(trace, title: str | None = None, height: int | None = None) -> go.Fig
         lx.extend(times[idx].tolist())
         ly.extend([layer] * len(idx))
     fig.add_trace(go.Scatter(
-        x=lx, y=ly, mode="markers", name="retrieved in layer",
+        x=lx, y=ly, mode="markers", name=f"{word} in layer",
         marker=dict(symbol="circle-open", color=MARK_COLOR, size=7 if n_layers <= 8 else 4, line=dict(width=2)),
-        hovertemplate="t = %{x:.1f} s<br>retrieved in layer %{y}<extra></extra>"), row=2, col=1)
+        hovertemplate="t = %{x:.1f} s<br>" + word + " in layer %{y}<extra></extra>"), row=2, col=1)
     step = max(1, int(np.ceil(n_layers / 14)))
     fig.update_yaxes(title_text="layer", autorange="reversed", tickmode="array",
                      tickvals=list(range(0, n_layers, step)), row=2, col=1)
     fig.update_xaxes(title_text="time (s)", row=2, col=1)
 
-    head = f"{title} · " if title else ""
-    policy = f"{trace.policy} · " if getattr(trace, "policy", "") else ""
+    # two short lines, so that a narrow plot (a phone, compare mode) does not cut them
+    policy = getattr(trace, "policy", "") or ""
+    first = " · ".join(x for x in (title, policy) if x)
     fig.update_layout(
-        title=dict(text=f"{head}{policy}{bias_text(trace)}", font=dict(size=13), x=0.01, xanchor="left"),
-        coloraxis=dict(colorscale=COLORSCALE, cmin=0, cmax=1, colorbar=dict(title="score", thickness=12, len=0.8)),
-        showlegend=False, margin=dict(l=70, r=20, t=70, b=40),
+        title=dict(text=(f"{first}<br>" if first else "") + f"<span style='font-size:11px'>{bias_text(trace)}</span>",
+                   font=dict(size=13), x=0.01, xanchor="left", yref="container", y=1, yanchor="top",
+                   pad=dict(t=8)),
+        coloraxis=dict(colorscale=COLORSCALE, cmin=0, cmax=1, colorbar=dict(title="score", thickness=10, len=0.8)),
+        showlegend=False, margin=dict(l=70, r=10, t=64, b=40),
         height=total,
         template="plotly_white",
     )

@@ -3,7 +3,8 @@ the answers with their traces, and the limits (sessions, memory, idle time).
 
 No gradio here: `layout.py` turns these objects into components and events. One `Session` per
 browser tab (keyed by gradio's session hash), created on page load or on first use, closed when the
-tab closes, after `Limits.idle_timeout_s` without a user action, or when the page is reloaded.
+tab has been gone for `Limits.reattach_s` (a reload within that time finds it again, answers and
+memory included) or after `Limits.idle_timeout_s` without a user action.
 
 Ingestion runs in one daemon thread per session. A file is opened once (when it is checked on
 upload) and fed by `memstream.feed.VideoFeed` to every stream of the session (two in compare mode)
@@ -26,10 +27,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from memstream import video
+from memstream.backbones import PRESETS
 from memstream.errors import EmptyMemoryError, MemStreamError
 from memstream.feed import VideoFeed, hand_over
 
 from .state import PACES, Limits, Notice, Record, Result, Settings, Source
+from .thumbnails import Thumbnails
 
 __all__ = ["Session"]
 
@@ -61,6 +64,10 @@ class Session:
         self._cam_t0: float | None = None
         self._cam_last_wall: float | None = None
         self.closed = False
+        self.preview: str | None = None  # what the player shows: the file, or a playable copy of it
+        self.cut = False  # the file's frames ended before the duration it announces
+        self.detached_at: float | None = None  # monotonic time the tab went away (None: a tab shows it)
+        self._applied = ""  # what the last Apply changed, repeated once the re-ingestion is done
 
     # ---- messages ------------------------------------------------------------------------------
     def say(self, text: str, level: str = "info") -> None:
@@ -146,6 +153,7 @@ class Session:
                 self.say(msg)
                 return msg
             what = ", ".join(memory + asked)
+            self._applied = what
             if self.source is None:
                 self.say(f"Settings changed ({what}); they apply to the next video.")
             elif self.source.kind == "file":
@@ -175,6 +183,7 @@ class Session:
             self.source = source
             self.thumbs = Thumbnails(self.limits.thumbnail_height, self.engine.backbone.spec.frames_per_block)
             self.ingest_pos_s = 0.0
+            self.cut = False
             self.state = "live" if source.kind == "webcam" else "ingesting"
             if source.kind == "webcam":
                 if self._cam_queue is None:
@@ -256,14 +265,18 @@ class Session:
                 return
             self.state = "done"
             covered = self.ingest_pos_s
-            if src.duration_s:
-                self.ingest_pos_s = max(self.ingest_pos_s, src.duration_s)
+            applied, self._applied = self._applied, ""
+            after = f" (settings changed: {applied})" if applied else ""
             if src.duration_s and src.duration_s - covered > max(1.5 / self.settings.fps, 0.1 * src.duration_s):
+                self.cut = True  # the bar and the status show what was ingested, not the announced length
                 self.say(f"{src.name} seems cut or damaged: frames stop at {covered:.1f} s of the "
-                         f"{src.duration_s:.1f} s it announces. The part before was ingested.", "warning")
+                         f"{src.duration_s:.1f} s it announces. The part before was ingested{after}.", "warning")
             else:
+                if src.duration_s:
+                    self.ingest_pos_s = src.duration_s  # the last block's padding may end past the video
                 st = streams[0].stats()
-                self.say(f"{src.name} is in memory: {st['blocks']} blocks, {st['tokens_stored']} tokens. Ask away.")
+                self.say(f"{src.name} is in memory{after}: {st['blocks']} blocks, {st['tokens_stored']} tokens. "
+                         "Ask away.")
 
     def _run_webcam(self, stop: threading.Event, streams: list, _src: Source, q: queue.Queue) -> None:
         fps = self.settings.fps
@@ -323,13 +336,26 @@ class Session:
         """Keep the final answers of one question (with their thumbnails); returns the record index."""
         with self.lock:
             streams = {s.config.policy: s for s in self.streams}
-            results = [Result(p, a, self._thumbnails(streams.get(p), a)) for p, a in finals]
+            results = [Result(p, a, self._thumbnails(streams.get(p), a), self.model,
+                              {"policy": p, **self.settings.stream_options(p), "pace": self.settings.pace,
+                               "max_new_tokens": self.settings.max_new_tokens}) for p, a in finals]
             self.records.append(Record(question, results, self.source.name if self.source else ""))
             if len(self.records) > self.limits.max_answers:  # keep the newest; drop old traces
                 self.records[0] = Record(self.records[0].question, [], self.records[0].source)
             return len(self.records) - 1
 
-    def _thumbnails(self, stream, answer) -> list[tuple[np.ndarray, str]]:
+    @property
+    def model(self) -> str:
+        return str(self.engine.backbone.name)
+
+    @property
+    def noise(self) -> bool:
+        """Whether the model has random weights (an offline preset): its answers are noise."""
+        return self.engine.backbone.name in PRESETS
+
+    def _thumbnails(self, stream, answer) -> list[dict]:
+        """The blocks the answer used, most used first, at most `max_thumbnails`, in time order:
+        {"t": start s, "uris": every frame as a JPEG data URI, "caption"}."""
         tr = answer.trace
         if stream is None or tr is None or len(tr.block_times) == 0:
             return []
@@ -338,10 +364,25 @@ class Session:
         picked = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0][: self.limits.max_thumbnails]
         out = []
         for b in sorted(picked):
-            img = self.thumbs.get(b)
-            if img is not None:
-                out.append((img, f"{float(tr.block_times[b]):.1f} s · {counts[b]}/{n_layers} layers"))
+            uris = self.thumbs.get(b)
+            if uris:
+                t = float(tr.block_times[b])
+                out.append({"t": t, "uris": uris, "caption": f"{t:.1f} s · {counts[b]}/{n_layers} layers"})
         return out
+
+    def clear_source(self) -> None:
+        """The player's ✕: stop ingesting and empty the memory (answers given stay inspectable)."""
+        self.touch()
+        with self.lock:
+            if self.source is None:
+                return
+            name = self.source.name
+            self._stop_ingestion()
+            self._generation += 1
+            self.streams, self.source, self.state, self.ingest_pos_s = [], None, "idle", 0.0
+            self.thumbs = Thumbnails(self.limits.thumbnail_height, self.engine.backbone.spec.frames_per_block)
+            self.say(f"{name} was removed and the memory emptied; answers given stay inspectable. Upload a "
+                     "video, pick the sample or start the webcam.")
 
     # ---- status --------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -351,9 +392,12 @@ class Session:
             if src is not None and src.kind == "webcam" and state == "live" and self._cam_last_wall is not None:
                 if time.monotonic() - self._cam_last_wall > self.limits.webcam_gap_s:
                     state = "paused"
+        duration = src.duration_s if src else None
+        pos = min(self.ingest_pos_s, duration) if duration else self.ingest_pos_s  # never past the video
         out = {"state": state, "source": src.name if src else None, "kind": src.kind if src else None,
-               "duration_s": src.duration_s if src else None, "position_s": self.ingest_pos_s,
-               "policies": [s.config.policy for s in streams], "answers": len(self.records)}
+               "duration_s": duration, "position_s": pos, "cut": self.cut, "pace": settings.pace,
+               "policies": [s.config.policy for s in streams], "answers": len(self.records),
+               "model": self.model, "noise": self.noise}
         if not streams:
             return out
         stats = [s.stats() for s in streams]
@@ -367,9 +411,11 @@ class Session:
             "blocks_per_s": st.get("blocks_per_s"), "realtime_blocks_per_s": realtime_bps,
             "compression_ratio": st.get("compression_ratio"), "device": st.get("device"),
             "mb_cap": self.limits.session_memory_mb, "tokens_per_frame": settings.tokens_per_frame, "fps": fps,
+            "per_policy": [{"policy": s.config.policy, "tokens_stored": x["tokens_stored"],
+                            "compression_ratio": x.get("compression_ratio")} for s, x in zip(streams, stats)],
         })
-        if src.duration_s:
-            out["progress"] = min(1.0, self.ingest_pos_s / src.duration_s) if state != "done" else 1.0
+        if duration:
+            out["progress"] = pos / duration
         return out
 
     def close(self) -> None:
@@ -379,49 +425,6 @@ class Session:
             self.streams = []
             self.records = []
             self.history = []
-
-
-class Thumbnails:
-    """The demo's picture of every block: its first frame, `height` px high (uint8 [h, w, 3]).
-
-    A feed target beside the streams: it is handed the same frames and groups them into blocks as a
-    stream does (`frames_per_block` at a time; `flush` closes a last, partial block), so thumbnail b
-    is block b of every stream of the session. The library keeps no pictures."""
-
-    def __init__(self, height: int, frames_per_block: int = 2):
-        self.height = height
-        self.per = frames_per_block
-        self.images: list[np.ndarray] = []
-        self._pending: list[np.ndarray] = []  # frames of a block not yet complete
-
-    def add_frames(self, frames: np.ndarray, times: list[float]) -> int:
-        self._pending.extend(frames)
-        whole = len(self._pending) // self.per * self.per
-        for first in self._pending[:whole:self.per]:
-            self._keep(first)
-        self._pending = self._pending[whole:]
-        return whole // self.per
-
-    def flush(self) -> int:
-        if not self._pending:
-            return 0
-        self._keep(self._pending[0])
-        self._pending = []
-        return 1
-
-    def get(self, block: int) -> np.ndarray | None:
-        return self.images[block] if 0 <= block < len(self.images) else None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(img.nbytes for img in self.images)
-
-    def _keep(self, frame: np.ndarray) -> None:
-        w = max(1, round(frame.shape[1] * self.height / frame.shape[0]))
-        self.images.append(video.resize_frames(frame, (self.height, w))[0])
 
 
 def _mb(stats: dict) -> float:

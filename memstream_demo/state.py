@@ -7,8 +7,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
-
 from memstream.config import StreamConfig, options_for, route_check
 from memstream.errors import ConfigError, MemStreamError
 from memstream.policies import policy_names, policy_spec
@@ -28,8 +26,9 @@ class Limits:
     session_memory_mb: float = 4096.0  # KV memory (CPU + GPU, all streams) per session
     idle_timeout_s: float = 1800.0  # a session without user action for this long is freed
     webcam_gap_s: float = 3.0  # no webcam frame for this long: shown as stopped
-    max_thumbnails: int = 12  # retrieved-frame thumbnails kept per answer and policy
-    thumbnail_height: int = 96  # px: every block's first frame is kept this high, for the thumbnail strip
+    max_thumbnails: int = 12  # blocks shown as thumbnails per answer and policy
+    thumbnail_height: int = 240  # px: every frame of every block is kept this high (JPEG, ~8 KB), for the strip
+    reattach_s: float = 120.0  # a closed or reloaded tab's session waits this long for the tab to come back
     max_answers: int = 50  # answers (with traces and thumbnails) kept per session
     webcam_time_limit_s: float = 1800.0  # one webcam streaming run (gradio's time_limit)
 
@@ -43,7 +42,7 @@ class Settings:
     missing there is the policy's dataclass default. `with_options(topk=4)` sets an option for every
     policy that takes it."""
 
-    policy: str = "memstream"
+    policy: str = StreamConfig().policy  # the library's default, as in the CLI (README: "Which policy")
     fps: float = 2.0
     tokens_per_frame: int = 256
     expert: str = "none"  # the engine's expert name, or "none"
@@ -167,8 +166,10 @@ class Result:
     """One policy's answer to one question, with what the heatmap strip needs."""
 
     policy: str
-    answer: object  # memstream.Answer (final)
-    thumbnails: list[tuple[np.ndarray, str]] = field(default_factory=list)  # (image, caption), time order
+    answer: object  # memstream.Answer (final), or memstream.tracefile.TraceEntry (opened from a file)
+    thumbnails: list[dict] = field(default_factory=list)  # {"t", "uris", "caption"}, time order (Session)
+    model: str = ""  # the model that answered
+    settings: dict = field(default_factory=dict)  # the options it answered with (Engine.stream keywords)
 
 
 @dataclass
@@ -178,11 +179,13 @@ class Record:
     question: str
     results: list[Result]
     source: str
+    from_file: str = ""  # the trace file it was opened from ("" if answered here)
 
     def label(self, index: int) -> str:
         q = self.question if len(self.question) <= 40 else self.question[:39] + "…"
         at = self.results[0].answer.asked_at_s if self.results else 0.0
-        return f"#{index + 1} · {q} · at {at:.1f} s"
+        where = f" · from {self.from_file}" if self.from_file else ""
+        return f"#{index + 1} · {q} · at {at:.1f} s{where}"
 
 
 @dataclass

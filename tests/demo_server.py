@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -11,17 +12,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_demo(engine, banner: str, max_new_tokens: int):
+SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")  # 8 s: the tests' short sample
+
+
+def start_demo(engine, banner: str, max_new_tokens: int, **limits):
     """Build and launch the page on the tiny test settings, with the tiny external expert (as
-    `python app.py --model tiny` runs it); returns the Blocks with `.url` set. Stop it with `stop_demo`."""
+    `python app.py --model tiny` runs it), policy memstream and the 8 s sample; returns the Blocks with
+    `.url` set. `limits`: `Limits` fields. Stop it with `stop_demo`."""
     from memstream.engine import Engine
     from memstream.experts import build_tiny_expert
     from memstream_demo import Limits, Settings, build, launch
 
     engine = Engine(engine.backbone, build_tiny_expert())
-    defaults = Settings(tokens_per_frame=16, max_new_tokens=max_new_tokens, expert="tiny").with_options(
-        topk=3, budget=256)
-    demo = build(engine, banner=banner, defaults=defaults, limits=Limits(max_sessions=4))
+    defaults = Settings(policy="memstream", tokens_per_frame=16, max_new_tokens=max_new_tokens,
+                        expert="tiny").with_options(topk=3, budget=256)
+    demo = build(engine, banner=banner, defaults=defaults, limits=Limits(**{"max_sessions": 4, **limits}),
+                 sample=SAMPLE)
     port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     demo.url = f"http://127.0.0.1:{port}/"

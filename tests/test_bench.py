@@ -154,3 +154,13 @@ def test_presets_load_through_the_same_path(tiny_cache):
     assert preset_checkpoint("tiny", tiny_cache) == preset_checkpoint("tiny", tiny_cache)
     assert preset_checkpoint("tiny", tiny_cache).name.startswith("tiny-qwen2_5_vl-")
     assert memstream.load("tiny", device="cpu", cache_dir=str(tiny_cache)).backbone.spec.hidden == 64
+
+
+def test_compression_prints_its_table_once_and_memory_its_progress(capsys):
+    assert main(["bench", "compression", "--budgets", "8", "--blocks", "3", "--warmup", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| tokens/frame |") == 1 and "markdown:" not in out  # the table once, at the end
+    assert out.rstrip().splitlines()[-1].startswith("| 8 | ")
+    assert main(["bench", "memory", "--policies", "rekv", "--tpf", "8", "--lengths", "2,3", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "memory: rekv, 8 tokens/frame, up to 3 blocks (1/1)" in err

@@ -176,7 +176,9 @@ def test_happy_path_text(cli, case, engine):
     proc = cli.result(case)
     no_traceback(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    # the only line on stderr says that the tiny model's answer is noise
+    assert proc.stderr == ("note: model 'tiny' has random weights, so its answer is noise; the memory, retrieval "
+                           "and timings are real.\n")
     # the answer comes first and is the library's answer for the same settings (CLI defaults)
     stream = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=16)
     stream.add_video(str(SAMPLE))
@@ -213,7 +215,7 @@ def test_happy_path_json(cli, case):
     assert {"frames", "blocks", "tokens_stored", "bytes_cpu", "bytes_gpu"} <= set(stats)
     assert stats["frames"] == 8 and stats["blocks"] == 4 and stats["tokens_stored"] > 0
     assert stats["bytes_cpu"] > 0 and stats["bytes_gpu"] >= 0
-    assert out["warnings"] == []
+    assert out["warnings"] == [] and out["random_weights"] is True
 
 
 # ---------------------------------------------------------------- bad input
@@ -257,6 +259,8 @@ def test_damaged_video_answers_with_a_warning(cli, case):
     no_traceback(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
+    assert lines[-1].startswith("note: model 'tiny' has random weights")  # the tiny model's answer is noise
+    lines = lines[:-1]
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "damaged or truncated" in lines[0], lines
     stamp = next(line for line in proc.stdout.split("\n") if line.startswith("-- asked at"))
     frames = int(re.search(r"(\d+) frames", stamp).group(1))
@@ -270,3 +274,13 @@ def test_good_but_odd_video_just_works(cli, case):
     blocks = ODD[case.split("/", 1)[1]][1]
     assert out["blocks"] == out["stats"]["blocks"] == blocks
     assert len(out["trace"]["block_times"]) == blocks and out["warnings"] == []
+
+
+def test_ask_help_shows_every_default(capsys):
+    from memstream.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["ask", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: rekv)" in text and "answer length limit, tokens (default: 64)" in text
+    assert "(default: tiny)" in text and "(default rekv: 16;" in text  # --model, and a policy option

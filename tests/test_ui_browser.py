@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chrom
 
 @pytest.fixture(scope="module")
 def server(engine):
-    demo = start_demo(engine, banner="**Answers come from a tiny random-weight model** (test run).", max_new_tokens=12)
+    demo = start_demo(engine, banner="**Answers come from a tiny random-weight model** (test run).", max_new_tokens=12,
+                      reattach_s=3.0)
     yield demo
     stop_demo(demo)
 
@@ -65,11 +66,10 @@ def ask(pg, question: str, n_answers: int) -> str:
     return pg.locator(BOT).last.inner_text()
 
 
-def upload(pg, path) -> None:
-    clear = pg.locator("#player button[aria-label='Clear']")
-    if clear.count():
-        clear.first.click()
-    pg.set_input_files("#player input[type=file]", str(path))
+def upload(pg, path, button: str = "#upload-btn") -> None:
+    with pg.expect_file_chooser() as chooser:
+        pg.click(button)
+    chooser.value.set_files(str(path))
 
 
 def test_upload_the_sample_ask_and_see_an_answer_and_a_heatmap(page, tmp_path):
@@ -106,6 +106,106 @@ def test_non_video_upload_shows_a_message_and_the_page_keeps_working(page, tmp_p
     assert page.locator(BOT).count() == 2
 
 
+def played_from(pg, t: float) -> None:
+    """The player was sent to `t` s (it plays on from there: allow a few seconds)."""
+    assert pg.evaluate("window.__memstreamSeek") == pytest.approx(t)
+    pg.wait_for_function(f"(() => {{ const c = document.querySelector('#player video').currentTime; "
+                         f"return c >= {t} - 0.05 && c <= {t} + 3; }})()", timeout=5000)
+
+
+def test_a_thumbnail_click_seeks_the_player_and_enlarges_the_block(page):
+    thumb = page.locator("#thumbs .thumb").last
+    t = float(thumb.get_attribute("data-t"))
+    assert thumb.locator("img").count() == 2  # both frames of the block
+    thumb.click()
+    page.wait_for_selector("#enlarged img", timeout=5000)
+    assert page.locator("#enlarged img").count() == 2
+    big = page.locator("#enlarged img").first.bounding_box()
+    assert big["height"] > 2 * thumb.locator("img").first.bounding_box()["height"]
+    page.screenshot(path=str(ARTIFACTS / "ui_enlarged.png"))
+    played_from(page, t)
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#enlarged", state="detached", timeout=5000)
+
+
+def test_a_heatmap_cell_click_seeks_the_player(page):
+    page.evaluate("window.__memstreamSeek = undefined")
+    plot = page.locator("#heatmap .js-plotly-plot")
+    grid = page.locator("#heatmap .nsewdrag").first.bounding_box()  # the top panel's cells
+    page.mouse.click(grid["x"] + grid["width"] * 0.9, grid["y"] + grid["height"] * 0.6)
+    page.wait_for_function("window.__memstreamSeek !== undefined", timeout=5000)
+    t = page.evaluate("window.__memstreamSeek")
+    times = [float(x) for x in plot.evaluate("el => Array.from(el._fullData[0].x)")]
+    assert t in times and t >= times[len(times) // 2]  # a late cell: a late block
+    played_from(page, t)
+
+
+def test_desktop_shows_the_heatmap_next_to_the_chat_without_scrolling(page):
+    page.evaluate("window.scrollTo(0, 0)")
+    chat, plot = page.locator("#chat").bounding_box(), page.locator("#heatmap").bounding_box()
+    question = page.locator("#question").bounding_box()
+    assert plot["x"] >= chat["x"] + chat["width"] - 1  # side by side
+    assert chat["y"] + chat["height"] <= 1000 and question["y"] + question["height"] <= 1000
+    assert plot["y"] < 1000 and plot["y"] + 0.75 * plot["height"] <= 1000  # the heatmap's cells on screen
+    page.screenshot(path=str(ARTIFACTS / "ui_desktop_1400x1000.png"))
+
+
+def test_a_phone_width_page_clips_nothing(page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        page.wait_for_timeout(800)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        box = page.locator("#heatmap").bounding_box()
+        for sel in ("#heatmap .gtitle", "#heatmap .annotation-text"):
+            for el in page.locator(sel).all():
+                b = el.bounding_box()
+                assert b["x"] >= box["x"] - 1 and b["x"] + b["width"] <= box["x"] + box["width"] + 1, sel
+        strip = page.locator("#thumbs .thumb-strip > div").last
+        assert strip.evaluate("el => getComputedStyle(el).overflowX") == "auto"  # the strip scrolls
+        assert strip.bounding_box()["width"] <= 390
+        page.screenshot(path=str(ARTIFACTS / "ui_phone_390.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def test_a_reload_keeps_the_answers(page, server):
+    before = page.locator(BOT).count()
+    page.reload(wait_until="load")
+    page.wait_for_function(f"document.querySelectorAll('{BOT}').length >= {before}", timeout=20000)
+    page.wait_for_function("document.querySelector('#answer-pick input').value.startsWith('#2')", timeout=10000)
+    page.wait_for_selector("#heatmap .js-plotly-plot", timeout=20000)
+    assert blocks(page) == 8 and "my clip.mp4" in page.inner_text("#status")  # the memory too
+    assert len(server.sessions) == 1
+
+
+def test_an_avi_upload_plays_as_a_copy_without_a_toast(page, video_factory):
+    upload(page, video_factory.odd_size("b.avi"))
+    page.wait_for_function("document.querySelector('#status-box').innerText.includes('b.avi')", timeout=20000)
+    page.wait_for_function("document.querySelector('#player video')?.src.endsWith('b-preview.mp4')", timeout=20000)
+    page.wait_for_timeout(1500)  # the browser has tried to load it
+    assert page.locator(".toast-wrap > *").count() == 0  # no "Video not playable"
+    assert page.evaluate("document.querySelector('#player video').error") is None
+
+
+def test_real_time_pacing_plays_the_player_in_step_with_ingestion(page):
+    page.click("#settings .label-wrap")
+    page.get_by_label("real time").check()
+    page.click("#apply-btn")
+    page.wait_for_function("document.querySelector('#notice').innerText.includes('pacing: real time')", timeout=10000)
+    page.click("#sample-btn")
+    page.wait_for_selector("#status-box[data-state=ingesting][data-pace='real time']", timeout=10000)
+    page.wait_for_timeout(2500)
+    state = page.evaluate("(() => { const v = document.querySelector('#player video'); "
+                          "const b = document.querySelector('#status-box'); "
+                          "return [v.paused, v.currentTime, +b.dataset.position, b.dataset.state]; })()")
+    paused, at, ingested, st = state
+    assert st == "ingesting" and not paused and 0.5 < at and abs(at - ingested) < 2.5, state  # live, in step
+    page.wait_for_selector("#status-box[data-state=done]", timeout=30000)
+    page.get_by_label("as fast as possible").check()
+    page.click("#apply-btn")
+    page.click("#settings .label-wrap")
+
+
 def test_fake_webcam_streams_frames_and_blocks_grow(page):
     page.get_by_role("tab", name="Webcam").click()
     page.get_by_text("Click to Access Webcam").click()
@@ -127,8 +227,9 @@ def test_answers_stay_inspectable_and_closing_the_tab_frees_the_session(page, se
     page.wait_for_function("document.querySelector('#heatmap .gtitle')?.textContent.includes('#1')", timeout=10000)
     assert len(server.sessions) == 1
     page.close(run_before_unload=True)
-    # gradio notices a closed tab through its heartbeat (about every 15 s): wait a few beats, not one
-    deadline = time.monotonic() + 45
+    # gradio notices a closed tab through its heartbeat (about every 15 s): wait a few beats, not one;
+    # the session then waits `reattach_s` (3 s here) for a reload before it is freed
+    deadline = time.monotonic() + 60
     while len(server.sessions) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(server.sessions) == 0

@@ -3,6 +3,7 @@ compare mode, webcam frames, caps and the idle reaper, on the tiny model."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from memstream.errors import EmptyMemoryError, InputError
 from memstream_demo.manager import SessionManager
+from memstream_demo.render import render_status
 from memstream_demo.state import Limits, SessionLimitError, Settings
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
@@ -55,10 +57,20 @@ def test_file_ingestion_question_and_record(manager):
     idx = s.record("What is moving?", finals)
     res = s.records[idx].results[0]
     assert 1 <= len(res.thumbnails) <= 2  # capped by max_thumbnails
-    img, caption = res.thumbnails[0]
-    assert img.dtype == np.uint8 and img.ndim == 3 and caption.endswith("layers")
-    # the demo keeps one thumbnail per block (first frame, Limits.thumbnail_height px high)
-    assert len(s.thumbs) == st["blocks"] and all(t.shape[0] == manager.limits.thumbnail_height for t in s.thumbs.images)
+    th = res.thumbnails[0]
+    tr = finals[0][1].trace
+    used = {float(tr.block_times[b]) for sel in tr.selected for b in sel.tolist()}
+    assert th["caption"].endswith("layers") and th["t"] in used
+    # the demo keeps every frame of every block (JPEG, Limits.thumbnail_height px high)
+    assert len(s.thumbs) == st["blocks"] and all(len(uris) == 2 for uris in s.thumbs.images)
+    assert len(th["uris"]) == 2 and all(u.startswith("data:image/jpeg;base64,") for u in th["uris"])
+    import base64
+    import io
+
+    from PIL import Image
+    img = Image.open(io.BytesIO(base64.b64decode(th["uris"][0].split(",", 1)[1])))
+    assert img.height == manager.limits.thumbnail_height
+    assert res.model == "tiny" and res.settings["policy"] == "rekv" and res.settings["topk"] == 3
 
 
 def test_bad_inputs_keep_the_session_working(manager, tmp_path):
@@ -154,3 +166,102 @@ def test_stream_options_are_valid_library_options(engine):
         with pytest.raises(ConfigError, match="external expert"):
             engine.stream_config(policy=policy, **settings.stream_options(policy))
     assert Settings(compare="rekv", policy="rekv").policies() == ["rekv"]  # a policy compared with itself: one
+
+
+def test_status_never_claims_more_than_was_ingested(manager, tmp_path):
+    import videos
+
+    s = manager.get("tab-status")
+    s.start_file(SAMPLE, "sample.mp4")
+    wait_for(lambda: s.status()["state"] == "done")
+    st = s.status()
+    assert st["position_s"] == 8.0 and st["progress"] == 1.0 and not st["cut"]
+    assert "ingested 8.0 s of 8.0 s" in render_status(st)
+    cut = tmp_path / "cut.mp4"  # the index up front announces 10 s; the frames stop near 3 s
+    videos.write_video(cut, videos.counter_frames(100), fps=10, options={"movflags": "faststart"})
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.35)])
+    assert s.start_file(str(cut), "cut.mp4")
+    wait_for(lambda: s.status()["state"] == "done")
+    st = s.status()
+    assert st["cut"] and st["position_s"] < st["duration_s"] and st["progress"] < 1.0
+    html = render_status(st)
+    assert f"ingested {st['position_s']:.1f} s of {st['duration_s']:.1f} s (the file ends early)" in html
+    assert f"width:{100 * st['progress']:.1f}%" in html and "width:100.0%" not in html
+    assert s.notice.level == "warning" and "cut or damaged" in s.notice.text
+
+
+def test_compare_status_shows_both_policies_and_the_model(manager):
+    s = manager.get("tab-compare")
+    s.apply_settings(Settings(**{**FAST.__dict__, "compare": "hermes"}).with_options(budget=32))
+    s.start_file(SAMPLE, "sample.mp4")
+    wait_for(lambda: s.status()["state"] == "done")
+    st = s.status()
+    assert [p["policy"] for p in st["per_policy"]] == ["rekv", "hermes"]
+    assert st["per_policy"][1]["compression_ratio"] > 1.0  # hermes' small budget compressed
+    html = render_status(st)
+    assert "rekv " in html and "hermes " in html and f"{st['per_policy'][1]['compression_ratio']:.2f}×" in html
+    assert st["model"] == "tiny" and st["noise"] and "random weights" in html
+
+
+def test_apply_message_survives_the_reingestion(manager):
+    s = manager.get("tab-apply")
+    s.start_file(SAMPLE, "sample.mp4")
+    wait_for(lambda: s.status()["state"] == "done")
+    s.apply_settings(Settings(**{**FAST.__dict__, "fps": 1.0}))
+    wait_for(lambda: s.status()["state"] == "done")
+    assert "in memory (settings changed: fps 2 → 1)" in s.notice.text
+
+
+def test_removing_the_video_empties_the_memory_and_keeps_answers(manager):
+    s = manager.get("tab-remove")
+    s.start_file(SAMPLE, "sample.mp4")
+    wait_for(lambda: s.status()["state"] == "done")
+    s.record("q", answer(s)[0])
+    s.clear_source()
+    st = s.status()
+    assert st["source"] is None and "blocks" not in st and s.streams == [] and len(s.records) == 1
+    assert "removed" in s.notice.text
+    with pytest.raises(EmptyMemoryError):
+        answer(s)
+
+
+def test_a_reloaded_tab_finds_its_session_and_a_gone_one_is_freed(engine):
+    m = SessionManager(engine, FAST, Limits(reattach_s=0.5, idle_timeout_s=3600))
+    try:
+        s = m.get("first-hash")
+        s.history = [{"role": "user", "content": "kept"}]
+        m.detach("first-hash")  # the tab reloads
+        assert m.attach("second-hash", "first-hash") is s and m.get("second-hash") is s
+        assert m.key("second-hash") == "first-hash" and s.detached_at is None
+        assert m.reap() == []
+        m.detach("second-hash")  # the tab closes for good
+        time.sleep(0.6)
+        assert m.reap() == ["first-hash"] and len(m) == 0 and s.closed
+        assert m.attach("third-hash", "first-hash") is None  # too late: a new session
+    finally:
+        m.shutdown()
+
+
+DEMO_SAMPLE = str(Path(__file__).resolve().parents[1] / "assets" / "demo_sample.mp4")
+
+
+def test_the_demo_sample_streams_in_real_time_and_hermes_compresses_it(engine):
+    """`python app.py --model tiny`'s defaults on the built-in three-minute sample."""
+    import app
+
+    defaults = app.demo_defaults(engine, tiny=True)
+    assert defaults.pace == "real time" and defaults.option("hermes", "budget") == 1024
+    m = SessionManager(engine, defaults, Limits())
+    try:
+        s = m.get("live")
+        assert s.start_file(DEMO_SAMPLE, "demo_sample.mp4")
+        time.sleep(3.0)
+        st = s.status()  # real time: about 3 s of the 180 s in, not all of it
+        assert st["state"] == "ingesting" and 1.0 <= st["position_s"] <= 6.0 and st["duration_s"] == 180.0
+        s.settings.pace = "as fast as possible"
+        s.apply_settings(dataclasses.replace(s.settings, policy="hermes"))
+        wait_for(lambda: s.status()["state"] == "done", timeout=180)
+        st = s.status()
+        assert st["blocks"] == 180 and st["compression_ratio"] > 2  # the default budget is exceeded many times
+    finally:
+        m.shutdown()

@@ -80,7 +80,9 @@ def test_the_page_lists_every_policy_and_shows_each_field_with_its_comment(page)
     assert page["opt-memstream-fusion_weights"].value == "1,1"
     assert page["opt-fps"].value == 2.0 and page["opt-tokens_per_frame"].value == 256  # the demo's defaults
     # only the policy in use shows its options
-    assert page["options-memstream"].visible and not page["options-rekv"].visible
+    # the demo's default policy is the library's (and the CLI's): rekv, needing no expert
+    assert page["policy"].value == StreamConfig().policy == "rekv"
+    assert page["options-rekv"].visible and not page["options-memstream"].visible
     assert not page["options-sink-window"].visible
 
 

@@ -56,10 +56,12 @@ def run(args: argparse.Namespace) -> int:
     rows = [measure(engine, frames, b, args.blocks, args.fps, threshold, args.warmup, **options) for b in budgets]
     result = {"bench": "compression", "model": engine.backbone.name, "device": str(engine.device),
               "video": args.video, "fps": args.fps, "blocks": args.blocks, "compress_threshold": threshold,
-              "options": options, "machine": machine(), "rows": rows, "markdown": markdown(rows)}
-    if not args.json:
-        print(result["markdown"])
-    return emit(result, args.json)
+              "options": options, "machine": machine(), "rows": rows}
+    if args.json:
+        return emit({**result, "markdown": markdown(rows)}, True)
+    emit(result, False)
+    print(markdown(rows))  # the table once, after the key: value lines
+    return 0
 
 
 def measure(engine: Engine, frames: list[np.ndarray], tokens_per_frame: int, blocks: int, fps: float,

@@ -12,6 +12,7 @@ policy it must be the same at both lengths once the window is full.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import torch
@@ -44,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     shares = per_policy(policies, policy_options(args))  # each policy its own options
     rows = []
+    tpfs = [int(x) for x in args.tpf.split(",")]
     for policy in policies:
-        for tpf in [int(x) for x in args.tpf.split(",")]:
+        for tpf in tpfs:
+            # progress on stderr (a run takes minutes; stdout stays the result, --json parseable)
+            print(f"memory: {policy}, {tpf} tokens/frame, up to {lengths[-1]} blocks "
+                  f"({len(rows) + 1}/{len(policies) * len(tpfs)})…", file=sys.stderr, flush=True)
             rows.append(measure_memory(engine, policy, tpf, lengths, fps=args.fps, **shares[policy]))
     result = {"model": engine.backbone.name, "device": str(engine.device), "lengths": lengths, "rows": rows}
     return emit({"bench": "memory", **result}, args.json)

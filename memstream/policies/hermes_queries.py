@@ -190,4 +190,4 @@ class HermesReadCache(ReadCache):
             kept.append(count)
             selected.append(count.nonzero().flatten())
         return RetrievalTrace.build(times, torch.stack(internal), selected, policy=self.mem.policy,
-                                    kept=torch.stack(kept))
+                                    kept=torch.stack(kept), selection="held")

@@ -282,10 +282,11 @@ class MemStreamQuestionCache(RetrievalQuestionCache):
         cfg, policy = self.mem.cfg, self.mem.policy
         times = self.mem.block_times()
         internal = torch.stack([s.float().cpu() for s in self.record.scores])
-        trace = RetrievalTrace.build(times, internal, self.record.selected, external=self.external, policy=policy)
+        trace = RetrievalTrace.build(times, internal, self.record.selected, external=self.external, policy=policy,
+                                     ranking="internal")
         if self.external is None:
             return trace
         fused = self.external if self.mem.ranking == "external" else \
             rank_fuse([trace.internal_agg, self.external], cfg.fusion_weights, cfg.fusion_c)
         return RetrievalTrace.build(times, internal, self.record.selected, external=self.external, fused=fused,
-                                    policy=policy)
+                                    policy=policy, ranking=self.mem.ranking)

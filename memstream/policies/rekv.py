@@ -71,6 +71,7 @@ class RetrievalQuestionCache(WindowQuestionCache):
     """Each layer attends to the sinks + the blocks it retrieves (`select`) from the store."""
 
     mem: RekvMemory
+    SELECTION = "retrieved"  # the trace's `selected`: top-k blocks ranked at question time
 
     def layer_context(self, layer: int, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mem, cfg = self.mem, self.mem.cfg

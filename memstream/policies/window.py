@@ -159,6 +159,8 @@ class WindowQuestionCache(ReadCache):
     Subclasses change what a layer attends to (`layer_context`) and what the trace shows (`trace`).
     """
 
+    SELECTION = "attended"  # what the trace's `selected` lists: a fixed window, nothing ranked
+
     def __init__(self, mem: WindowMemory, query_slice: slice):
         super().__init__(mem.spec.n_layers)
         L = mem.spec.n_layers
@@ -183,4 +185,4 @@ class WindowQuestionCache(ReadCache):
     def trace(self) -> RetrievalTrace:
         """Internal scores [L, N] of every block, and the blocks each layer attended."""
         return RetrievalTrace.build(self.mem.block_times(), torch.stack(self.record.scores), self.record.selected,
-                                    policy=self.mem.policy)
+                                    policy=self.mem.policy, selection=self.SELECTION)
