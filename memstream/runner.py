@@ -105,6 +105,7 @@ class CallRecord:
     bytes_sent: int  # the call's pickled arguments (memory state included)
     bytes_received: int  # the pickled reply
     tensor_bytes_sent: int  # of bytes_sent, raw tensor data
+    tensor_bytes_received: int  # of bytes_received, raw tensor data
     wall_s: float  # seconds from sending to having the reply unpickled
     work_s: float  # of which the other side spent in the work itself
     blocks: int = 0  # blocks ingested by the call
@@ -174,8 +175,8 @@ class RemoteRunner(ModelRunner):
             else:  # adopt the new state in place: whoever holds the memory sees it
                 vars(memory).clear()
                 vars(memory).update(vars(state))
-        self.calls.append(CallRecord(op, len(payload), len(reply), tensor_bytes, time.perf_counter() - t0, work_s,
-                                     getattr(result, "blocks", 0)))
+        self.calls.append(CallRecord(op, len(payload), len(reply), tensor_bytes, side.bytes_tensors_read,
+                                     time.perf_counter() - t0, work_s, getattr(result, "blocks", 0)))
         return memory if op == "open" else result
 
     def open(self, request: OpenRequest) -> Memory:

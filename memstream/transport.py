@@ -46,6 +46,7 @@ class Side:
     # take its id (and pass for it) once the memory dropped it
     received: dict[int, tuple[int, int, torch.Tensor]] = field(default_factory=dict)
     bytes_tensors: int = 0  # raw tensor bytes written by the last dumps (the rest is structure)
+    bytes_tensors_read: int = 0  # raw tensor bytes read by the last loads
 
     def modules(self) -> dict[int, tuple[str, str]]:
         """id(module) -> (owner, qualified name) of every module of the backbone's and the expert's models."""
@@ -136,6 +137,7 @@ class _Unpickler(pickle.Unpickler):
         if tag == "again":
             return self.tensors[pid[1]]
         _, key, on_device, dtype, shape, raw = pid
+        side.bytes_tensors_read += len(raw)
         t = _tensor(raw, getattr(torch, dtype), shape)
         if on_device:
             if side.keep_on_cpu:
@@ -158,4 +160,5 @@ def dumps(obj: Any, side: Side, *, reply: bool = False) -> bytes:
 
 def loads(data: bytes, side: Side, *, reply: bool = False) -> Any:
     """Unpickle what the other side sent (`reply`: its answer to a call this side made)."""
+    side.bytes_tensors_read = 0
     return _Unpickler(io.BytesIO(data), side, reply).load()
