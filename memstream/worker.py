@@ -31,12 +31,17 @@ class LoadRecipe:
     expert: str | None  # expert name or None
     device: str | None  # "auto", "cpu", "cuda"
     cache_dir: str | None  # the preset / hub cache
+    threads: int | None = None  # torch CPU threads, as this process uses them (None: torch's choice)
 
 
 def serve(conn: Any, recipe: LoadRecipe) -> None:
     """The worker's main loop: load, say "ready" (or why not), then answer calls until the pipe closes."""
+    import torch
+
     from .engine import load
 
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
     try:
         engine = load(recipe.model, recipe.expert, recipe.device, recipe.cache_dir)
     except MemStreamError as exc:
@@ -123,7 +128,9 @@ class WorkerRunner(RemoteRunner):
 def worker_runner(engine: Any, device: str | None = "auto", cache_dir: str | None = None) -> WorkerRunner:
     """The worker runner of an engine (`load(..., worker_process=True)`): the worker loads the engine's
     backbone and expert by name."""
-    recipe = LoadRecipe(engine.backbone.name, engine.expert_name, device, cache_dir)
+    import torch
+
+    recipe = LoadRecipe(engine.backbone.name, engine.expert_name, device, cache_dir, torch.get_num_threads())
     return WorkerRunner(Models(engine.backbone, engine.expert), recipe)
 
 

@@ -11,23 +11,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_demo(engine, banner: str, max_new_tokens: int):
+def start_demo(engine, banner: str, max_new_tokens: int, worker_cache: str | None = None):
     """Build and launch the page on the tiny test settings, with the tiny external expert (as
-    `python app.py --model tiny` runs it); returns the Blocks with `.url` set. Stop it with `stop_demo`."""
+    `python app.py --model tiny` runs it); returns the Blocks with `.url` set. Stop it with `stop_demo`.
+    `worker_cache`: the model work runs in a worker process (`app.py --worker-process`) that builds the
+    tiny model there."""
+    from functools import partial
+
     from memstream.engine import Engine
     from memstream.experts import build_tiny_expert
+    from memstream.worker import worker_runner
     from memstream_demo import Limits, Settings, build, launch
 
-    engine = Engine(engine.backbone, build_tiny_expert())
+    runner = None if worker_cache is None else partial(worker_runner, device="cpu", cache_dir=worker_cache)
+    engine = Engine(engine.backbone, build_tiny_expert(), runner)
     defaults = Settings(tokens_per_frame=16, max_new_tokens=max_new_tokens, expert="tiny").with_options(
         topk=3, budget=256)
     demo = build(engine, banner=banner, defaults=defaults, limits=Limits(max_sessions=4))
     port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     demo.url = f"http://127.0.0.1:{port}/"
+    demo.engine = engine
     return demo
 
 
 def stop_demo(demo) -> None:
     demo.sessions.shutdown()
     demo.close()
+    demo.engine.close()

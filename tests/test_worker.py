@@ -92,6 +92,7 @@ def worker(tiny_cache):
 # ---- the pickled path, in this process ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", memstream.policy_names())
 def test_loopback_equals_in_process(local, loopback, policy):
     s1, a1, b1 = run(local, policy)
@@ -155,6 +156,7 @@ def fake_spaces(record: list) -> types.ModuleType:
     return spaces
 
 
+@pytest.mark.slow
 def test_zerogpu_wraps_every_call_with_a_duration_sized_to_the_work(monkeypatch, tiny_cache, local):
     record: list = []
     monkeypatch.setitem(sys.modules, "spaces", fake_spaces(record))
