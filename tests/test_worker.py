@@ -19,8 +19,8 @@ import torch
 
 import memstream
 from memstream.engine import Engine
-from memstream.policies import RekvConfig, RekvMemory, unregister_policy
 from memstream.experts import build_tiny_expert
+from memstream.policies import RekvConfig, RekvMemory, unregister_policy
 from memstream.runner import RemoteRunner, WorkerError, execute
 from memstream.work import Models
 from memstream.zerogpu import GpuDurations, duration_s
