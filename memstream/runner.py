@@ -106,6 +106,8 @@ class CallRecord:
     bytes_received: int  # the pickled reply
     tensor_bytes_sent: int  # of bytes_sent, raw tensor data
     tensor_bytes_received: int  # of bytes_received, raw tensor data
+    file_bytes_sent: int  # large tensors this side wrote to new shared files for the call (named, not sent)
+    file_bytes_received: int  # large tensors the other side wrote to new shared files for the reply
     wall_s: float  # seconds from sending to having the reply unpickled
     work_s: float  # of which the other side spent in the work itself
     blocks: int = 0  # blocks ingested by the call
@@ -114,10 +116,11 @@ class CallRecord:
 def execute(models: Models, payload: bytes) -> bytes:
     """The other side of a remote call: run it on `models` and pickle the reply. Holds nothing afterwards.
 
-    The reply is ("ok", result, memory state or None, seconds of work) or ("error", exception)."""
+    The payload is (op, memory, request, (directory for large tensors, their minimum size)); the reply is
+    ("ok", result, memory state or None, seconds of work) or ("error", exception)."""
     side = Side(models.backbone, models.expert, models.backbone.device)
     try:
-        op, memory, request = loads(payload, side)
+        op, memory, request, (side.spill_dir, side.spill_min_bytes) = loads(payload, side)  # large results: files
         t0 = time.perf_counter()
         if op == "open":
             result, memory = None, open_memory(models, request)
@@ -142,9 +145,11 @@ class RemoteRunner(ModelRunner):
 
     blocks_per_call = 8
 
-    def __init__(self, models: Models, scratch: str | None = None):
+    def __init__(self, models: Models, scratch: str | None = None, spill_min_bytes: int = 1 << 20):
         self.models = models  # this process's copy: tokenizer, shapes; the other side runs them
-        self.scratch = tempfile.mkdtemp(prefix="memstream-stores-", dir=scratch)  # block store files
+        self.scratch = tempfile.mkdtemp(prefix="memstream-", dir=scratch)  # shared with the other side
+        self.tensors = tempfile.mkdtemp(prefix="tensors-", dir=self.scratch)  # large tensors of the memories
+        self.spill_min_bytes = spill_min_bytes  # tensors at least this large cross as files
         self.calls: deque[CallRecord] = deque(maxlen=1000)  # the latest calls, newest last
         self._lock = threading.Lock()  # one call at a time per runner (one worker, one GPU)
 
@@ -159,9 +164,10 @@ class RemoteRunner(ModelRunner):
     def call(self, op: str, memory: Memory | None, request: Any, work: float) -> Any:
         """Run `op` remotely; the memory adopts the state that comes back. On any failure the memory is
         exactly as before the call (nothing ingested is lost) and the error is raised."""
-        side = Side(self.models.backbone, self.models.expert, self.models.backbone.device, keep_on_cpu=True)
-        payload = dumps((op, memory, request), side)
-        tensor_bytes = side.bytes_tensors
+        side = Side(self.models.backbone, self.models.expert, self.models.backbone.device, keep_on_cpu=True,
+                    spill_dir=self.tensors, spill_min_bytes=self.spill_min_bytes)
+        payload = dumps((op, memory, request, (self.tensors, self.spill_min_bytes)), side)
+        tensor_bytes, file_bytes = side.bytes_tensors, side.bytes_files
         t0 = time.perf_counter()
         with self._lock:
             reply = self.exchange(payload, op, work)
@@ -175,8 +181,9 @@ class RemoteRunner(ModelRunner):
             else:  # adopt the new state in place: whoever holds the memory sees it
                 vars(memory).clear()
                 vars(memory).update(vars(state))
-        self.calls.append(CallRecord(op, len(payload), len(reply), tensor_bytes, side.bytes_tensors_read,
-                                     time.perf_counter() - t0, work_s, getattr(result, "blocks", 0)))
+        self.calls.append(CallRecord(op, len(payload), len(reply), tensor_bytes, side.bytes_tensors_read, file_bytes,
+                                     side.bytes_files_read, time.perf_counter() - t0, work_s,
+                                     getattr(result, "blocks", 0)))
         return memory if op == "open" else result
 
     def open(self, request: OpenRequest) -> Memory:

@@ -7,6 +7,10 @@ What goes by reference (a short tag instead of the object):
     the compute device (torch.device)               the receiver's own device
     a tensor a call returns unchanged               the sender's own tensor (same object, same `_version`)
     a file-backed block store (memstream.store)     its file names; the receiver maps the files
+    a large tensor (>= Side.spill_min_bytes)        a file of the shared scratch directory, written once by
+                                                    the side that made it; the receiver maps it (the app's
+                                                    process never reads its pages; the model side reads it
+                                                    when it moves it to the compute device)
 
 Everything else goes by value; a tensor as its raw bytes, placed on the receiver's compute device if it
 lived on the sender's (else on the CPU). The app's process holds every such tensor on the CPU and
@@ -20,7 +24,9 @@ sending them back; the model side records what it received (`Side.received`) to 
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +51,12 @@ class Side:
     # id(tensor) -> (key, _version, tensor) received: the tensor is held so that no new tensor of the call can
     # take its id (and pass for it) once the memory dropped it
     received: dict[int, tuple[int, int, torch.Tensor]] = field(default_factory=dict)
-    bytes_tensors: int = 0  # raw tensor bytes written by the last dumps (the rest is structure)
-    bytes_tensors_read: int = 0  # raw tensor bytes read by the last loads
+    spill_dir: str | None = None  # where large tensors go as files (None: every tensor by value)
+    spill_min_bytes: int = 1 << 20  # tensors at least this large go as files
+    bytes_tensors: int = 0  # raw tensor bytes written into the last dumps (the rest is structure)
+    bytes_tensors_read: int = 0  # raw tensor bytes read from the last loads
+    bytes_files: int = 0  # tensor bytes the last dumps wrote to new files
+    bytes_files_read: int = 0  # bytes of new files the last loads mapped
 
     def modules(self) -> dict[int, tuple[str, str]]:
         """id(module) -> (owner, qualified name) of every module of the backbone's and the expert's models."""
@@ -106,11 +116,25 @@ class _Pickler(pickle.Pickler):
             self.alive.append(obj)
             if not self.reply:
                 side.sent[key] = obj
+            on_device = obj.device.type != "cpu" or id(obj) in _ON_DEVICE
+            meta = (str(obj.dtype).removeprefix("torch."), tuple(obj.shape))
+            if side.spill_dir is not None and obj.numel() * obj.element_size() >= side.spill_min_bytes:
+                return ("file", key, on_device, *meta, self.file_of(obj))
             raw = _raw(obj)
             side.bytes_tensors += len(raw)
-            on_device = obj.device.type != "cpu" or id(obj) in _ON_DEVICE
-            return ("tensor", key, on_device, str(obj.dtype).removeprefix("torch."), tuple(obj.shape), raw)
+            return ("tensor", key, on_device, *meta, raw)
         return ("again", key)
+
+    def file_of(self, t: torch.Tensor) -> str:
+        """The file holding `t`'s data: the one it was mapped from if it is unchanged, else a new one."""
+        origin = getattr(t, "_memstream_file", None)
+        if origin is not None and origin[1] == t._version:
+            return origin[0]
+        path = os.path.join(self.side.spill_dir, f"{uuid.uuid4().hex}.tensor")
+        raw = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        raw.numpy().tofile(path)
+        self.side.bytes_files += raw.numel()
+        return path
 
 
 class _Unpickler(pickle.Unpickler):
@@ -136,9 +160,12 @@ class _Unpickler(pickle.Unpickler):
             return side.sent[pid[1]]
         if tag == "again":
             return self.tensors[pid[1]]
-        _, key, on_device, dtype, shape, raw = pid
-        side.bytes_tensors_read += len(raw)
-        t = _tensor(raw, getattr(torch, dtype), shape)
+        _, key, on_device, dtype, shape, data = pid
+        if tag == "file":
+            t = self.mapped(data, getattr(torch, dtype), shape)
+        else:
+            side.bytes_tensors_read += len(data)
+            t = _tensor(data, getattr(torch, dtype), shape)
         if on_device:
             if side.keep_on_cpu:
                 _ON_DEVICE[id(t)] = t
@@ -150,15 +177,32 @@ class _Unpickler(pickle.Unpickler):
         return t
 
 
+    def mapped(self, path: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor in file `path`, mapped (pages load when read; writes stay private to this process)."""
+        t = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c")).view(dtype).view(shape)
+        t._memstream_file = (path, t._version)  # sending it unchanged names the file again
+        if self.side.keep_on_cpu:  # the app's process owns the files: one goes when its tensor goes
+            self.side.bytes_files_read += t.numel() * t.element_size()
+            weakref.finalize(t, _remove, path)
+        return t
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def dumps(obj: Any, side: Side, *, reply: bool = False) -> bytes:
     """Pickle `obj` for the other side (`reply`: the model side's answer to a call it received)."""
     buf = io.BytesIO()
-    side.bytes_tensors = 0
+    side.bytes_tensors = side.bytes_files = 0
     _Pickler(buf, side, reply).dump(obj)
     return buf.getvalue()
 
 
 def loads(data: bytes, side: Side, *, reply: bool = False) -> Any:
     """Unpickle what the other side sent (`reply`: its answer to a call this side made)."""
-    side.bytes_tensors_read = 0
+    side.bytes_tensors_read = side.bytes_files_read = 0
     return _Unpickler(io.BytesIO(data), side, reply).load()

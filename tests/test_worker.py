@@ -8,6 +8,7 @@ The loopback tests run the whole pickling path in this process (fast); the worke
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -74,12 +75,26 @@ def local(engine):
     return Engine(engine.backbone, build_tiny_expert())
 
 
+def loopback_engine(engine, spill_min_bytes: int) -> Engine:
+    expert = build_tiny_expert()
+    return Engine(engine.backbone, expert, LoopbackRunner(Models(engine.backbone, expert),
+                                                          spill_min_bytes=spill_min_bytes))
+
+
 @pytest.fixture(scope="module")
 def loopback(engine):
-    expert = build_tiny_expert()
-    runner = LoopbackRunner(Models(engine.backbone, expert))
-    yield Engine(engine.backbone, expert, runner)
-    runner.close()
+    """Every tensor of 256 bytes or more crosses as a file: the file path carries nearly all the state."""
+    eng = loopback_engine(engine, 256)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def by_value(engine):
+    """Every tensor crosses by value (no files): exact byte accounting."""
+    eng = loopback_engine(engine, 1 << 40)
+    yield eng
+    eng.close()
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +117,8 @@ def test_loopback_equals_in_process(local, loopback, policy):
     assert comparable(s1.stats()) == comparable(s2.stats())
 
 
-def test_store_stays_in_files_and_unchanged_state_is_not_sent_back(loopback):
-    stream = loopback.stream(policy="rekv", fps=1.0, tokens_per_frame=8, topk=2, n_local=20)
+def test_store_stays_in_files_and_unchanged_state_is_not_sent_back(by_value):
+    stream = by_value.stream(policy="rekv", fps=1.0, tokens_per_frame=8, topk=2, n_local=20)
     stream.add_frames(FRAMES[:12], TIMES[:12])
     mem = stream.memory
     store = mem.store
@@ -114,16 +129,34 @@ def test_store_stays_in_files_and_unchanged_state_is_not_sent_back(loopback):
     stream.flush()
     # the sinks did not change: the reply named them, so this process still holds the very same tensors
     assert all(kv[0] is k for kv, k in zip(mem.sinks, sinks))
-    ingest = loopback.runner.calls[-1]
+    ingest = by_value.runner.calls[-1]
     window = sum(t.numel() * t.element_size() for kv in mem.window for t in kv)
     # what comes back of an ingest: the new window and the grown representative keys; no stored block
     assert ingest.op == "ingest" and ingest.tensor_bytes_received == window + sum(r.nbytes for r in mem.rep)
     stream.ask(Q, max_new_tokens=1)
-    question = loopback.runner.calls[-1]
+    question = by_value.runner.calls[-1]
     # a question sends sinks, window and one key per block and layer, not the stored blocks
     sinks = sum(t.numel() * t.element_size() for kv in mem.sinks for t in kv)
     assert question.tensor_bytes_sent == sinks + window + sum(r.nbytes for r in mem.rep)
     assert question.tensor_bytes_sent < mem.store.nbytes
+
+
+def test_large_tensors_cross_as_files_written_once_and_removed_with_the_memory(engine):
+    eng = loopback_engine(engine, 256)
+    stream = eng.stream(policy="rekv", fps=1.0, tokens_per_frame=8, topk=2, n_local=20)
+    stream.add_frames(FRAMES[:12], TIMES[:12])
+    ingest = eng.runner.calls[-1]
+    assert ingest.file_bytes_received > 0 and ingest.file_bytes_sent == 0  # the worker wrote the new window
+    stream.ask(Q, max_new_tokens=1)
+    question = eng.runner.calls[-1]
+    assert question.file_bytes_sent == 0  # every large tensor is already in a file: it is named, not sent
+    assert question.tensor_bytes_sent < 256 * 3 * len(stream.memory.sinks) * 2  # small ones only
+    directory = eng.runner.tensors
+    assert os.listdir(directory)
+    del stream, ingest, question
+    gc.collect()
+    assert os.listdir(directory) == []  # a file goes with the last tensor mapping it
+    eng.close()
 
 
 def test_a_remote_error_arrives_as_the_same_sentence(local, loopback):
