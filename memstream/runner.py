@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from .errors import MemStreamError
 from .policies import Memory
 from .transport import Side, dumps, loads
 from .work import (
@@ -46,10 +45,6 @@ from .work import (
     ingest_blocks,
     open_memory,
 )
-
-
-class WorkerError(MemStreamError):
-    """The process doing the model work failed or stopped; the memory is as it was before the call."""
 
 
 class ModelRunner(ABC):

@@ -16,8 +16,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MemStreamError
-from .runner import RemoteRunner, WorkerError, execute
+from .errors import MemStreamError, WorkerError
+from .runner import RemoteRunner, execute
 from .work import Models
 
 POLL_S = 0.1  # how often a waiting call checks that the worker is still alive

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from .runner import RemoteRunner, WorkerError, execute
+from .errors import WorkerError
+from .runner import RemoteRunner, execute
 from .work import Models
 
 # the models the GPU worker uses: set in the app's process before the first call, inherited by the fork

@@ -22,7 +22,7 @@ import memstream
 from memstream.engine import Engine
 from memstream.experts import build_tiny_expert
 from memstream.policies import RekvConfig, RekvMemory, unregister_policy
-from memstream.runner import RemoteRunner, WorkerError, execute
+from memstream.runner import RemoteRunner, execute
 from memstream.work import Models
 from memstream.zerogpu import GpuDurations, duration_s
 
@@ -272,7 +272,7 @@ def test_a_dead_worker_loses_nothing_ingested(worker, dying_policy):
     stats = comparable(stream.stats())
     runner = worker.runner
     starts = runner.starts
-    with pytest.raises(WorkerError) as err:  # the worker dies in the middle of the call
+    with pytest.raises(memstream.WorkerError) as err:  # the worker dies in the middle of the call
         stream.add_frames(FRAMES[8:12], TIMES[8:12] + 100)
     sentence = str(err.value)
     assert "stopped while ingesting" in sentence and "\n" not in sentence and sentence.endswith(".")
