@@ -173,9 +173,12 @@ class RemoteRunner(ModelRunner):
         if state is not None:
             if memory is None:
                 memory = state
-            else:  # adopt the new state in place: whoever holds the memory sees it
-                vars(memory).clear()
-                vars(memory).update(vars(state))
+            else:  # adopt the new state in place: whoever holds the memory sees it. One dict update, so that
+                # a thread reading the memory meanwhile (the demo's status timer) sees the old or the new state
+                old = vars(memory)
+                old.update(vars(state))
+                for name in set(old) - set(vars(state)):
+                    del old[name]
         self.calls.append(CallRecord(op, len(payload), len(reply), tensor_bytes, side.bytes_tensors_read, file_bytes,
                                      side.bytes_files_read, time.perf_counter() - t0, work_s,
                                      getattr(result, "blocks", 0)))
