@@ -10,7 +10,9 @@ waits for its partner; `flush()` (called by `add_video` at the end of a file) pa
 as Qwen's processor does. A question sees the complete blocks ingested before it.
 
 Threads: one thread may feed frames while others ask. Ingestion takes the memory lock one block at
-a time and steps aside whenever a question is waiting, so a question is served between two blocks.
+a time and steps aside whenever a question is waiting, so a question is served between two blocks
+(with the model work in another process, `load(..., worker_process=True)` or ZeroGPU, one batch of
+blocks at a time: see `memstream.runner`).
 """
 
 from __future__ import annotations
