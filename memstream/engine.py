@@ -392,7 +392,7 @@ def load(model: str | None = "tiny", expert: str | None = None, device: str | No
     (`memstream.worker`). This process keeps the memories (and loads the models too, for the tokenizer and
     the shapes). On ZeroGPU (`memstream.zerogpu.on_zerogpu()`) the model work goes to `@spaces.GPU`
     functions whatever this flag says."""
-    from .zerogpu import import_spaces, on_zerogpu, zerogpu_runner
+    from .zerogpu import import_spaces, on_zerogpu, prepare, zerogpu_runner
 
     if on_zerogpu():  # spaces patches torch's CUDA before anything touches it; the models go to "cuda" at import
         import_spaces()
@@ -411,4 +411,7 @@ def load(model: str | None = "tiny", expert: str | None = None, device: str | No
         from .worker import worker_runner
 
         runner = partial(worker_runner, device=device, cache_dir=cache_dir)
-    return Engine(backbone, chosen, runner)
+    engine = Engine(backbone, chosen, runner)
+    if on_zerogpu():
+        prepare(engine)
+    return engine

@@ -5,7 +5,8 @@ On a ZeroGPU Space (`SPACES_ZERO_GPU` is set) a GPU exists only inside functions
 and a worker is reused only sometimes. `memstream.load` then gives the engine a `ZeroGPURunner`: every
 call of a stream (open a memory, ingest a batch of blocks, answer a question) becomes one call of
 `run_on_gpu(payload, op, work)`, the `memstream.runner.execute` of the pickled call, with a time limit
-sized to the work (`GpuDurations`). The `spaces` package is imported only there; elsewhere nothing here
+sized to the work (`GpuDurations`). The GPU function is registered when the models load (`prepare`),
+before the app launches. The `spaces` package is imported only there; elsewhere nothing here
 runs.
 """
 
@@ -21,8 +22,10 @@ from .errors import WorkerError
 from .runner import RemoteRunner, execute
 from .work import Models
 
-# the models the GPU worker uses: set in the app's process before the first call, inherited by the fork
-_MODELS: Models | None = None
+# what the GPU worker uses: set in the app's process by `prepare` (when the models load, before the app
+# launches) and inherited by the fork. The engine, not a snapshot of it: the demo adds its expert after loading
+_ENGINE: Any = None
+_GPU_CALL: Any = None  # run_on_gpu wrapped by spaces.GPU, created once at load time (before the app launches)
 
 
 def on_zerogpu() -> bool:
@@ -54,35 +57,43 @@ def duration_s(op: str, work: float, limits: GpuDurations = GpuDurations()) -> i
 
 
 def run_on_gpu(payload: bytes, op: str, work: float) -> bytes:
-    """One stream call, in ZeroGPU's worker (wrapped by `spaces.GPU` in `ZeroGPURunner`)."""
-    return execute(_MODELS, payload)
+    """One stream call, in ZeroGPU's worker (wrapped by `spaces.GPU` in `prepare`)."""
+    return execute(Models(_ENGINE.backbone, _ENGINE.expert), payload)
+
+
+def gpu_duration(payload: bytes, op: str, work: float) -> int:
+    """ZeroGPU calls this with the call's arguments before it lends a GPU."""
+    return duration_s(op, work, LIMITS)
+
+
+LIMITS = GpuDurations()  # the durations asked for (a Space may replace it before the first call)
+
+
+def prepare(engine: Any, spaces: ModuleType | None = None) -> None:
+    """Register the GPU function with ZeroGPU (at load time: the platform expects its GPU functions to
+    exist before the app launches) and remember the engine whose models the GPU worker uses."""
+    global _ENGINE, _GPU_CALL
+    _ENGINE = engine
+    if _GPU_CALL is None:
+        _GPU_CALL = (spaces or import_spaces()).GPU(duration=gpu_duration)(run_on_gpu)
 
 
 class ZeroGPURunner(RemoteRunner):
-    """Model work in `@spaces.GPU` calls; ingestion is batched (`blocks_per_call` blocks per call)."""
+    """Model work in `@spaces.GPU` calls (`prepare` first); ingestion is batched (`blocks_per_call` blocks
+    per call)."""
 
     blocks_per_call = 8
 
-    def __init__(self, models: Models, spaces: ModuleType | None = None, limits: GpuDurations = GpuDurations()):
-        global _MODELS
-        super().__init__(models)
-        _MODELS = models
-        self.limits = limits
-        self.spaces = spaces or import_spaces()
-        self.gpu_call = self.spaces.GPU(duration=self.duration)(run_on_gpu)
-
-    def duration(self, payload: bytes, op: str, work: float) -> int:
-        """ZeroGPU calls this with the call's arguments before it lends a GPU."""
-        return duration_s(op, work, self.limits)
-
     def exchange(self, payload: bytes, op: str, work: float) -> bytes:
         try:
-            return self.gpu_call(payload, op, work)
+            return _GPU_CALL(payload, op, work)
         except Exception as exc:  # no GPU lent (quota, queue) or the GPU worker died: one sentence
             reason = str(exc).strip().rstrip(".") or type(exc).__name__
             raise WorkerError(f"The GPU call failed ({reason}); the memory keeps everything ingested before.") from exc
 
 
 def zerogpu_runner(engine: Any) -> ZeroGPURunner:
-    """The runner of an engine loaded on a ZeroGPU Space."""
+    """The runner of an engine loaded on a ZeroGPU Space (`prepare(engine)` was called when it loaded)."""
+    if _GPU_CALL is None:
+        prepare(engine)
     return ZeroGPURunner(Models(engine.backbone, engine.expert))

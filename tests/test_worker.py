@@ -176,9 +176,11 @@ def fake_spaces(record: list) -> types.ModuleType:
     import pickle
 
     spaces = types.ModuleType("spaces")
+    spaces.registered = []  # the functions decorated, in order
 
     def GPU(fn=None, *, duration=60):  # noqa: N802 - the real package's name
         def wrap(f):
+            spaces.registered.append(f.__name__)
             def call(*args):
                 record.append(duration(*args) if callable(duration) else duration)
                 return pickle.loads(pickle.dumps(f(*pickle.loads(pickle.dumps(args)))))
@@ -191,13 +193,17 @@ def fake_spaces(record: list) -> types.ModuleType:
 
 @pytest.mark.slow
 def test_zerogpu_wraps_every_call_with_a_duration_sized_to_the_work(monkeypatch, tiny_cache, local):
-    record: list = []
-    monkeypatch.setitem(sys.modules, "spaces", fake_spaces(record))
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    engine = memstream.load("tiny", expert="tiny", device="cpu", cache_dir=str(tiny_cache))
-    from memstream.zerogpu import ZeroGPURunner
+    from memstream import zerogpu
 
-    assert isinstance(engine.runner, ZeroGPURunner) and engine.runner.blocks_per_call > 1
+    record: list = []
+    spaces = fake_spaces(record)
+    monkeypatch.setitem(sys.modules, "spaces", spaces)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(zerogpu, "_GPU_CALL", None)  # registered afresh with this fake
+    monkeypatch.setattr(zerogpu, "_ENGINE", None)
+    engine = memstream.load("tiny", expert="tiny", device="cpu", cache_dir=str(tiny_cache))
+    assert spaces.registered == ["run_on_gpu"] and record == []  # registered at load time; nothing ran yet
+    assert isinstance(engine.runner, zerogpu.ZeroGPURunner) and engine.runner.blocks_per_call > 1
     stream, answer, _ = run(engine, "memstream")
     d = GpuDurations()
     # open, ingest 4 blocks, ingest 2 blocks, ingest the padded block, two answers
