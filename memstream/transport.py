@@ -176,7 +176,6 @@ class _Unpickler(pickle.Unpickler):
             side.received[id(t)] = (key, t._version, t)
         return t
 
-
     def mapped(self, path: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         """The tensor in file `path`, mapped (pages load when read; writes stay private to this process)."""
         t = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c")).view(dtype).view(shape)
