@@ -2,8 +2,11 @@
 
     python app.py [--model ID|tiny] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
                   [--server-name 0.0.0.0] [--server-port 7860 (or $PORT)] [--share]
-                  [--max-sessions 8] [--session-memory-mb 4096] [--idle-timeout 1800]
+                  [--max-sessions 8] [--session-memory-mb 4096] [--idle-timeout 1800] [--worker-process]
 
+--worker-process runs the model work (ingest, questions) in a separate process that holds the models and
+no session state, with pickled arguments, exactly as a ZeroGPU Space runs it (there, `SPACES_ZERO_GPU` turns
+this on by itself: see the README's "Deploying on ZeroGPU").
 $MEMSTREAM_MODEL and $MEMSTREAM_EXPERT give the defaults of --model and --expert (for a Space).
 --expert auto (the default) means clip-b32 with a real model and the offline tiny expert with the
 tiny model, so the heatmap always has its external and fused rows.
@@ -46,18 +49,19 @@ def _expert_for(model: str | None, expert: str | None) -> str | None:
     return expert
 
 
-def load_engine(model: str | None, expert: str | None, device: str) -> tuple[memstream.Engine, str]:
+def load_engine(model: str | None, expert: str | None, device: str,
+                worker_process: bool = False) -> tuple[memstream.Engine, str]:
     """The engine and the banner to show (empty when everything requested loaded)."""
     notes = []
     try:
-        engine = memstream.load(model=model, device=device)
+        engine = memstream.load(model=model, device=device, worker_process=worker_process)
     except memstream.MemStreamError as exc:
         if model == "tiny":
             raise
         print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
         # the reason (and what an operator can do) is in the server log; a web visitor gets what it means
         notes.append("The real model could not be loaded on this server, so this demo runs a tiny stand-in instead.")
-        model, engine = "tiny", memstream.load(model="tiny", device=device)
+        model, engine = "tiny", memstream.load(model="tiny", device=device, worker_process=worker_process)
     notes.append(_add_expert(engine, _expert_for(model, expert)))
     if model == "tiny":
         notes.append(TINY_BANNER)
@@ -86,8 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-sessions", type=int, default=8, help="concurrent browser sessions")
     ap.add_argument("--session-memory-mb", type=float, default=4096.0, help="memory cap per session")
     ap.add_argument("--idle-timeout", type=float, default=1800.0, help="seconds before an idle session is freed")
+    ap.add_argument("--worker-process", action="store_true",
+                    help="run the model work in a separate process with pickled arguments, as on ZeroGPU")
     args = ap.parse_args(argv)
-    engine, banner = load_engine(args.model, args.expert, args.device)
+    engine, banner = load_engine(args.model, args.expert, args.device, args.worker_process)
     defaults = demo_defaults(engine, tiny=TINY_BANNER in banner)
     limits = Limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,
                     idle_timeout_s=args.idle_timeout)

@@ -13,7 +13,15 @@ Neither gradio nor plotly is imported here: the demo lives in `memstream_demo`.
 
 from .config import StreamConfig
 from .engine import Engine, Stream, load
-from .errors import ConfigError, EmptyMemoryError, InputError, MemStreamError, ModelLoadError, VideoError
+from .errors import (
+    ConfigError,
+    EmptyMemoryError,
+    InputError,
+    MemStreamError,
+    ModelLoadError,
+    VideoError,
+    WorkerError,
+)
 from .policies import (
     HermesConfig,
     MemStreamConfig,
@@ -28,6 +36,6 @@ from .trace import Answer, RetrievalTrace
 __all__ = [
     "load", "Engine", "Stream", "StreamConfig", "Answer", "RetrievalTrace",
     "register_policy", "policy_names", "policy_spec", "PolicyConfig", "RekvConfig", "MemStreamConfig", "HermesConfig",
-    "MemStreamError", "VideoError", "ConfigError", "ModelLoadError", "EmptyMemoryError", "InputError",
+    "MemStreamError", "VideoError", "ConfigError", "ModelLoadError", "EmptyMemoryError", "InputError", "WorkerError",
 ]
 __version__ = "0.2.0"

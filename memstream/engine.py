@@ -10,15 +10,21 @@ waits for its partner; `flush()` (called by `add_video` at the end of a file) pa
 as Qwen's processor does. A question sees the complete blocks ingested before it.
 
 Threads: one thread may feed frames while others ask. Ingestion takes the memory lock one block at
-a time and steps aside whenever a question is waiting, so a question is served between two blocks.
+a time and steps aside whenever a question is waiting, so a question is served between two blocks
+(with the model work in another process, `load(..., worker_process=True)` or ZeroGPU, one batch of
+blocks at a time: see `memstream.runner`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,22 +34,42 @@ from . import video
 from .backbones import Backbone, load_backbone
 from .checks import check_question, check_times, is_number
 from .config import StreamConfig
-from .decoding import IncrementalDetokenizer, greedy_tokens
 from .errors import ConfigError, EmptyMemoryError, InputError
 from .feed import VideoFeed
-from .policies import build_memory, policy_spec
+from .policies import policy_spec
 from .prompt import question_ids, sink_ids
 from .reference import reference_answer
+from .runner import InProcessRunner, ModelRunner
 from .trace import Answer
+from .work import BlockBatch, Models, OpenRequest, QuestionRequest
 
 
 class Engine:
     """A loaded backbone and, optionally, an external expert (`memstream.experts.Expert`) that
-    streams are opened on. Streams share both; each stream has its own memory."""
+    streams are opened on. Streams share both; each stream has its own memory.
 
-    def __init__(self, backbone: Backbone, expert: Any = None):
+    `runner` runs the streams' model work (`memstream.runner`): None = in this process. A runner factory
+    (`runner=lambda engine: ...`) is called when the first stream opens, once the expert is settled."""
+
+    def __init__(self, backbone: Backbone, expert: Any = None,
+                 runner: ModelRunner | Callable[[Engine], ModelRunner] | None = None):
         self.backbone = backbone
         self.expert = expert
+        self._runner = runner
+
+    @property
+    def runner(self) -> ModelRunner:
+        """Where the model work of this engine's streams runs (created on first use)."""
+        if self._runner is None:
+            self._runner = InProcessRunner(Models(self.backbone, self.expert))
+        elif not isinstance(self._runner, ModelRunner):
+            self._runner = self._runner(self)
+        return self._runner
+
+    def close(self) -> None:
+        """Stop the runner's worker process, if any (streams of this engine cannot ingest or answer after)."""
+        if isinstance(self._runner, ModelRunner):
+            self._runner.close()
 
     @property
     def expert_name(self) -> str | None:
@@ -102,13 +128,16 @@ class Stream:
         bb = engine.backbone
         self._bb = bb
         self.expert = engine.expert_for(config)
-        self.memory = build_memory(config.policy, bb, config.policy_config, fps=config.fps, expert=self.expert)
-        self.memory.ingest_sinks(sink_ids(bb))
+        self.runner = engine.runner
+        spill = self.runner.spill_dir()  # the block store's files (a runner in another process), else None
+        if spill is not None:
+            weakref.finalize(self, shutil.rmtree, spill, True)
+        self.memory = self.runner.open(OpenRequest(policy_spec(config.policy), config.policy_config, config.fps,
+                                                   self.expert is not None, sink_ids(bb), spill))
         self.frame_size: tuple[int, int] | None = None  # (H, W) pixels, fixed by the first frame
         # an odd frame waiting for its partner: (frame at the LLM's size, time, frame as added for the expert)
         self._pending: list[tuple[np.ndarray, float, np.ndarray | None]] = []
         self._last_time: float | None = None
-        self._frames_in_blocks = 0
         self._lock = threading.Lock()  # the memory and the model
         self._input_lock = threading.Lock()  # one producer at a time
         self._waiting = 0  # questions waiting for the memory lock
@@ -210,39 +239,26 @@ class Stream:
         t0 = time.perf_counter()
         per = self._bb.spec.frames_per_block
         frames = np.stack([f for f, _, _ in pairs])  # [per * k, H, W, 3] at the LLM's token budget
-        tokens = self._bb.encode_blocks(frames)  # [k, n, hidden]
-        # the expert sees the frames as they were added (its preprocessing resizes them to its own input),
-        # batched here so that nothing of it is left for question time
-        embeds = None if self.expert is None else \
-            self._embed_originals([o for _, _, o in pairs]).view(tokens.shape[0], per, -1)
-        if self.sync is not None:
-            self.sync()
-        encoded = time.perf_counter() - t0
-        for i in range(tokens.shape[0]):
-            times = tuple(t for _, t, _ in pairs[per * i: per * i + (real or per)])
-            while self._waiting:  # a question is queued: let it take the lock first
-                time.sleep(0.0005)
-            with self._lock:
-                self.memory.ingest_block(tokens[i], times, self.grid,
-                                         frame_embeds=None if embeds is None else embeds[i, : len(times)])
-                self._frames_in_blocks += len(times)
-        if self.sync is not None:
-            self.sync()
-        self._ingest_s += time.perf_counter() - t0
-        self._encode_s += encoded  # counted with the blocks: a failed ingest leaves the stats as they were
-        return tokens.shape[0]
+        times = [tuple(t for _, t, _ in pairs[i: i + (real or per)]) for i in range(0, len(pairs), per)]
+        # the expert sees the frames as they were added (its preprocessing resizes them to its own input)
+        originals = None if self.expert is None else [o for _, _, o in pairs]
+        report = self.runner.ingest(self.memory, BlockBatch(frames, times, self.grid, originals), self._turn,
+                                    self.sync)
+        self._ingest_s += time.perf_counter() - t0  # as the caller waited: a remote call's overhead included
+        self._encode_s += report.encode_s  # counted with the blocks: a failed ingest leaves the stats as they were
+        return report.blocks
 
-    def _embed_originals(self, originals: list[np.ndarray]) -> torch.Tensor:
-        """The expert's embeddings [T, D] of frames as added: one batch per run of equally sized frames
-        (a stream's frames may change size between calls; each keeps its own)."""
-        out, run = [], [originals[0]]
-        for frame in originals[1:]:
-            if frame.shape != run[-1].shape:
-                out.append(self.expert.embed_images(np.stack(run)))
-                run = []
-            run.append(frame)
-        out.append(self.expert.embed_images(np.stack(run)))
-        return torch.cat(out)
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The memory, for one change: a queued question takes the lock first."""
+        while self._waiting:
+            time.sleep(0.0005)
+        with self._lock:
+            yield
+
+    @property
+    def _frames_in_blocks(self) -> int:
+        return sum(len(b.times) for b in self.memory.blocks)
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, question: str, max_new_tokens: int = 64, stream: bool = False, *, query: str | None = None,
@@ -293,30 +309,18 @@ class Stream:
     def _decode(self, question: str, ids: list[int], qslice: slice, max_new_tokens: int,
                 query_text: str) -> Iterator[Answer]:
         """ids: the prompt after the video; qslice: its retrieval-query tokens; query_text: their text."""
-        bb, mem = self._bb, self.memory
-        t0 = time.perf_counter()
-        start = mem.question_start()
-        cache = mem.question_cache(qslice, query_text)
-        logits = bb.decode(bb.embed(ids), mem.positions.text_at(start, len(ids)), cache)
-        first = logits.cpu()
-        ttft = time.perf_counter() - t0
-        blocks = mem.blocks
-        # the trace (for display) is built once the answer is complete, so that drawing it never
-        # delays the first streamed token; partial answers carry trace=None
-        base = Answer(question=question, text="", token_ids=[], ttft_s=ttft, first_logits=first, trace=None,
-                      asked_at_s=self.seconds(), frames_seen=self._frames_in_blocks, blocks_seen=len(blocks),
+        mem = self.memory
+        # the stamp: what the memory held when asked (the trace, for display, comes with the final step only,
+        # so that drawing it never delays the first streamed token)
+        base = Answer(question=question, text="", token_ids=[], ttft_s=0.0, first_logits=None, trace=None,
+                      asked_at_s=self.seconds(), frames_seen=self._frames_in_blocks, blocks_seen=len(mem.blocks),
                       tokens_seen=mem.stats()["tokens_stored"], policy=self.config.policy, done=False)
-
-        def step(token: int, position: int) -> torch.Tensor:  # one generated token over the question's cache
-            return bb.decode(bb.embed([token]), mem.positions.text_at(position, 1), cache)
-
-        detok = IncrementalDetokenizer(bb.tokenizer)
-        for token in greedy_tokens(logits, step, start_position=start + len(ids), max_new_tokens=max_new_tokens,
-                                   eos_ids=bb.eos_ids):
-            detok.add(token)
-            yield replace(base, text=detok.text, token_ids=list(detok.token_ids), total_s=time.perf_counter() - t0)
-        final = replace(base, text=detok.finish(), token_ids=detok.token_ids, done=True,
-                        trace=cache.trace(), total_s=time.perf_counter() - t0)
+        final = None
+        for step in self.runner.answer(mem, QuestionRequest(ids, qslice, query_text, max_new_tokens)):
+            final = replace(base, text=step.text, token_ids=step.token_ids, ttft_s=step.ttft_s,
+                            first_logits=step.first_logits, total_s=step.total_s, done=step.done, trace=step.trace)
+            if not step.done:
+                yield final
         mem.after_answer(question, final.text)
         yield final
 
@@ -353,7 +357,7 @@ class Stream:
         ingesting, encode_s of them in the vision tower and the expert's image encoder.
         """
         mem = self.memory
-        on_gpu = self._bb.device.type == "cuda"
+        on_gpu = self._bb.device.type == "cuda"  # where the model work runs (a worker loads it as this process)
         blocks = len(mem.blocks)
         sizes = mem.stats()
         host, working = sizes.pop("bytes_host"), sizes.pop("bytes_device")
@@ -378,13 +382,36 @@ class Stream:
 
 
 def load(model: str | None = "tiny", expert: str | None = None, device: str | None = "auto",
-         cache_dir: str | None = None) -> Engine:
+         cache_dir: str | None = None, worker_process: bool = False) -> Engine:
     """Load an engine: `model` is "tiny", a hub id or a local directory (None = the default real
     model for the device: Qwen2.5-VL-7B-Instruct on CUDA, 3B on CPU). `expert`: an external
-    retrieval expert of `memstream.experts.EXPERTS` ("clip-b32", "pe-core-b16", "tiny") or None."""
-    if expert is None or expert == "none":
-        return Engine(load_backbone(model, device, cache_dir))
-    from .experts import load_expert  # open_clip is imported only when an expert is asked for
+    retrieval expert of `memstream.experts.EXPERTS` ("clip-b32", "pe-core-b16", "tiny") or None.
 
-    backbone = load_backbone(model, device, cache_dir)
-    return Engine(backbone, load_expert(expert, backbone.device))
+    `worker_process=True`: the model work runs in a separate, spawned process that loads the same models
+    and holds no stream state; every call's arguments and results cross as pickled bytes, as on ZeroGPU
+    (`memstream.worker`). This process keeps the memories (and loads the models too, for the tokenizer and
+    the shapes). On ZeroGPU (`memstream.zerogpu.on_zerogpu()`) the model work goes to `@spaces.GPU`
+    functions whatever this flag says."""
+    from .zerogpu import import_spaces, on_zerogpu, prepare, zerogpu_runner
+
+    if on_zerogpu():  # spaces patches torch's CUDA before anything touches it; the models go to "cuda" at import
+        import_spaces()
+        device = "cuda" if device in (None, "auto") else device
+    if expert is None or expert == "none":
+        backbone, chosen = load_backbone(model, device, cache_dir), None
+    else:
+        from .experts import load_expert  # open_clip is imported only when an expert is asked for
+
+        backbone = load_backbone(model, device, cache_dir)
+        chosen = load_expert(expert, backbone.device)
+    runner = None
+    if on_zerogpu():
+        runner = zerogpu_runner
+    elif worker_process:
+        from .worker import worker_runner
+
+        runner = partial(worker_runner, device=device, cache_dir=cache_dir)
+    engine = Engine(backbone, chosen, runner)
+    if on_zerogpu():
+        prepare(engine)
+    return engine

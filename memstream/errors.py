@@ -30,3 +30,8 @@ class EmptyMemoryError(MemStreamError):
 
 class InputError(MemStreamError):
     """Malformed frames, timestamps or questions passed to the library."""
+
+
+class WorkerError(MemStreamError):
+    """The process doing the model work (a worker process, a ZeroGPU call) failed or stopped during a call;
+    the memory is as it was before the call."""

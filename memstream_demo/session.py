@@ -252,8 +252,10 @@ class Session:
 
     def _run_file(self, stop: threading.Event, streams: list, src: Source, opened: video.OpenedVideo | None) -> None:
         # one block per hand-over (a question waits at most one block; the cap is checked between
-        # blocks); the pace is read before every frame, as the settings may change it meanwhile
-        feed = VideoFeed(opened or src.path, self.settings.fps, [*streams, self.thumbs], batch_frames=2,
+        # blocks), or as many as the model's runner takes per call (a worker process, ZeroGPU); the pace
+        # is read before every frame, as the settings may change it meanwhile
+        per_call = 2 * self.engine.runner.blocks_per_call
+        feed = VideoFeed(opened or src.path, self.settings.fps, [*streams, self.thumbs], batch_frames=per_call,
                          pace=lambda: PACES.get(self.settings.pace), stop=stop,
                          on_batch=lambda times: self._after_batch(stop, streams, times))
         try:

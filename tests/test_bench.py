@@ -164,3 +164,14 @@ def test_compression_prints_its_table_once_and_memory_its_progress(capsys):
     assert main(["bench", "memory", "--policies", "rekv", "--tpf", "8", "--lengths", "2,3", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "memory: rekv, 8 tokens/frame, up to 3 blocks (1/1)" in err
+
+
+@pytest.mark.slow
+def test_boundary_reports_overhead_and_bytes_of_the_worker_mode(capsys):
+    out = bench_json(capsys, "boundary", "--policy", "rekv", "--minutes", "0.2", "--questions", "1",
+                     "--tokens-per-frame", "8", "--blocks-per-call", "2")
+    assert out["policy"] == "rekv" and out["blocks"] == 6 and out["first_logits_equal"] is True
+    assert set(out["ingest_call_s"]) == {"in_process", "worker"} and out["ingest_overhead_s"] >= 0
+    ingest, question = out["ingest_last_bytes"], out["question_bytes"]
+    assert ingest["sent"] > ingest["sent_tensors"] > 0 and question["sent"] >= question["sent_tensors"] > 0
+    assert question["sent_tensors"] < out["store_bytes"]  # the stored blocks stay in their files

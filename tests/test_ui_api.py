@@ -174,7 +174,10 @@ def test_space_front_matter_and_spacefile_are_valid():
     pinned = [line.split("==")[1].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
               if line.startswith("gradio==")]
     assert front["sdk_version"] == pinned[0] == gradio.__version__
-    assert front["suggested_hardware"] in {"t4-medium", "l4x1", "a10g-small", "a10g-large", "a100-large"}
+    # ZeroGPU (free accounts can host Gradio Spaces only there), or a dedicated GPU
+    assert front["suggested_hardware"] in {"zero-a10g", "t4-medium", "l4x1", "a10g-small", "a10g-large", "a100-large"}
+    # ZeroGPU runs Python 3.10 or 3.12 and the pins need at least 3.11
+    assert str(front["python_version"]) == "3.12"
     assert "Qwen/Qwen2.5-VL-7B-Instruct" in front["preload_from_hub"]
     assert len(front["short_description"]) <= 60
 

@@ -25,10 +25,13 @@ pytestmark = [pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chrom
               pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def server(engine):
+# every test runs twice: the model work in the server's process, and in a worker process with pickled
+# arguments (`app.py --worker-process`, as on ZeroGPU)
+@pytest.fixture(scope="module", params=["in-process", "worker-process"])
+def server(engine, tiny_cache, request):
     demo = start_demo(engine, banner="**Answers come from a tiny random-weight model** (test run).", max_new_tokens=12,
-                      reattach_s=3.0)
+                      reattach_s=3.0,
+                      worker_cache=str(tiny_cache) if request.param == "worker-process" else None)
     yield demo
     stop_demo(demo)
 

@@ -28,6 +28,7 @@ from .window import QuestionRecord, WindowMemory, WindowQuestionCache
 
 __all__ = [
     "PolicySpec", "register_policy", "unregister_policy", "policy_spec", "policy_names", "build_memory",
+    "build_memory_from",
     "Memory", "PolicyConfig", "BlockInfo", "IngestCache", "QuestionCache", "QuestionRecord",
     "WindowMemory", "WindowQuestionCache", "RetrievalQuestionCache",
     "FullConfig", "FullMemory", "RekvConfig", "RekvMemory", "MemStreamConfig", "MemStreamMemory",
@@ -93,10 +94,16 @@ def policy_spec(name: str) -> PolicySpec:
 
 def build_memory(name: str, backbone: Backbone, config: PolicyConfig, *, fps: float, expert: Any = None) -> Memory:
     """The memory of policy `name` for one stream (`expert`: None unless the policy uses one)."""
-    memory = policy_spec(name).builder(backbone, config, fps=fps, expert=expert)
+    return build_memory_from(policy_spec(name), backbone, config, fps=fps, expert=expert)
+
+
+def build_memory_from(spec: PolicySpec, backbone: Backbone, config: PolicyConfig, *, fps: float,
+                      expert: Any = None) -> Memory:
+    """The memory of the policy registered as `spec` (a process that did not register it can build it too)."""
+    memory = spec.builder(backbone, config, fps=fps, expert=expert)
     if not isinstance(memory, Memory):
-        raise TypeError(f"the builder of policy {name!r} returned {type(memory).__name__}, not a Memory")
-    memory.policy = name
+        raise TypeError(f"the builder of policy {spec.name!r} returned {type(memory).__name__}, not a Memory")
+    memory.policy = spec.name
     return memory
 
 
