@@ -79,7 +79,9 @@ class VideoFeed:
     targets: streams (anything with `add_frames(frames, times)` and `flush()`), all fed the same
         frames in order; the demo's compare mode feeds two.
     batch_frames: frames per hand-over, even (a block is 2 frames): larger batches let the vision
-        tower encode several blocks per call; 2 hands each block over as soon as it is whole.
+        tower encode several blocks per call; 2 hands each block over as soon as it is whole. Under
+        pacing a batch is handed early when the next frame is not yet due, so a live replay never
+        holds frames back to fill a batch.
     pace: None for as fast as possible, a multiple of real time (1.0 = a live camera), or a
         callable read before every frame, so that pacing can change while ingesting (the clock
         is then re-anchored: the current frame is due now, later ones at the new pace).
@@ -138,7 +140,14 @@ class VideoFeed:
             if until_s is not None and t >= until_s:
                 self._held = item
                 break
-            if self._wait_until_due(t):
+            due = self._due_at(t)
+            if due is not None and frames and len(frames) % 2 == 0 and due > time.perf_counter():
+                # paced: hand the whole blocks already due rather than hold them back to fill a batch
+                n = self._hand(frames, times)
+                if n is None:
+                    return added
+                added, frames, times = added + n, [], []
+            if self._sleep_until(due):
                 return added
             frames.append(frame)
             times.append(self.time_offset_s + t)
@@ -181,16 +190,21 @@ class VideoFeed:
         self.exhausted = item is None
         return item
 
-    def _wait_until_due(self, t: float) -> bool:
-        """Sleep until frame time `t` is due at the current pace; True when stopped meanwhile."""
+    def _due_at(self, t: float) -> float | None:
+        """The perf_counter() time at which frame time `t` is due at the current pace (None: as fast
+        as possible). Reads the pace once."""
         pace = self.pace() if callable(self.pace) else self.pace
         if pace != self._pace_used:  # pacing started or changed: the current frame is due now
             self._wall0, self._pace_used = time.perf_counter() - (t / pace if pace else 0.0), pace
-        if not pace:
+        return self._wall0 + t / pace if pace else None
+
+    def _sleep_until(self, due: float | None) -> bool:
+        """Sleep until `due` (None: not at all); True when stopped meanwhile (a stop cuts the wait short)."""
+        if due is None:
             return False
-        delay = max(0.0, self._wall0 + t / pace - time.perf_counter())
+        delay = max(0.0, due - time.perf_counter())
         if isinstance(self.stop, threading.Event):
-            return self.stop.wait(delay)  # a stop cuts the wait short
+            return self.stop.wait(delay)
         time.sleep(delay)
         return self.stopped
 

@@ -206,3 +206,15 @@ def test_the_demo_opens_an_uploaded_file_once_and_feeds_both_streams(engine, ope
         assert [st.stats()["blocks"] for st in s.streams] == [8, 8] and s.status()["position_s"] == 8.0
     finally:
         m.shutdown()
+
+
+def test_paced_feed_hands_due_frames_without_waiting_to_fill_a_batch():
+    """A worker process takes 8 blocks per call; at a real-time pace the frames already due must not
+    wait for later seconds of the file to fill that batch."""
+    rec = Recorder()
+    feed = VideoFeed(SAMPLE, 2.0, [rec], batch_frames=16, pace=20.0)  # 16 frames, 0.025 s apart
+    assert feed.run() == 8 and len(rec.times) == 16
+    assert len(rec.batches) > 1 and max(n for n, _ in rec.batches) < 16
+    unpaced = Recorder()
+    VideoFeed(SAMPLE, 2.0, [unpaced], batch_frames=16).run()
+    assert [n for n, _ in unpaced.batches] == [16]  # as fast as possible: full batches
