@@ -144,8 +144,8 @@ class Stream:
             raise InputError("This stream was closed; open a new stream to add frames.")
         with self._input_lock:
             times_arr = check_times(times, len(frames), self._last_time, self.config.fps)
-            size = self.frame_size or video.frame_size_for_budget(frames.shape[1], frames.shape[2],
-                                                                  self.config.tokens_per_frame)
+            size = self.frame_size or self._bb.frame_size(frames.shape[1], frames.shape[2],
+                                                          self.config.tokens_per_frame)
             resized = video.resize_frames(frames, size)
             self.frame_size = size  # fixed by the first accepted frames, not by rejected ones
             self._last_time = float(times_arr[-1])
@@ -222,8 +222,9 @@ class Stream:
             times = tuple(t for _, t, _ in pairs[per * i: per * i + (real or per)])
             while self._waiting:  # a question is queued: let it take the lock first
                 time.sleep(0.0005)
+            block, grid = self._bb.frame_block(tokens[i], times, self.grid)  # with any per-frame text
             with self._lock:
-                self.memory.ingest_block(tokens[i], times, self.grid,
+                self.memory.ingest_block(block, times, grid,
                                          frame_embeds=None if embeds is None else embeds[i, : len(times)])
                 self._frames_in_blocks += len(times)
         if self.sync is not None:

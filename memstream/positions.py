@@ -99,5 +99,70 @@ class PositionTracker:
     def compact_question_start(self, n_blocks: int, gh: int, gw: int) -> int:
         """Where the question starts when `n_blocks` retrieved blocks sit in slots 0..n_blocks-1."""
         assert self.video_start is not None
-        t_last = block_t_offset(n_blocks - 1, self.interval)
-        return block_max_position(self.video_start, t_last, gh, gw) + 1
+        return self.block_end(block_t_offset(n_blocks - 1, self.interval), gh, gw) + 1
+
+    # The three rules below are what a policy that moves or summarises tokens needs to know about the
+    # position scheme (hermes' compaction, summaries and position limit); a backbone whose positions
+    # count differently (`LinearPositionTracker`) overrides them.
+    def next_block_offset(self) -> int:
+        """The temporal offset the next block would get."""
+        return block_t_offset(self.blocks, self.interval)
+
+    def block_end(self, t_offset: int, gh: int, gw: int) -> int:
+        """The position text after a block at `t_offset` must pass (M-RoPE: its largest component)."""
+        assert self.video_start is not None
+        return block_max_position(self.video_start, t_offset, gh, gw)
+
+    def extent(self, pos: torch.Tensor) -> torch.Tensor:
+        """How far along the text axis each position [3, n] reaches: [n] (M-RoPE: the largest component)."""
+        return pos.max(dim=0).values
+
+
+class LinearPositionTracker(PositionTracker):
+    """1-D RoPE positions (one index per token), written in the same 3-component form so that every
+    policy handles them unchanged: text at (p, p, p), token j of a block of n tokens at
+    (s + t_offset, s + j, s), and the 1-D position is `linear(pos) = t + h - w`.
+
+    So a shift of the temporal component (rekv's compact slots, hermes' compaction) moves a whole block
+    along the 1-D axis, a summary at (m, m, m) sits at m, and re-rotating a key by a delta [3, n] is
+    re-rotating it by `linear(delta)` (the map is linear). Blocks are packed one after the other:
+    block i starts where the previous one ended (`t_offset` = tokens before it), and `interval` (the
+    slot width of compact layouts) is the largest block seen. A block's grid is (n, 1): n tokens in
+    one column (`Backbone.block_grid`).
+
+    Worked example (20 sink tokens, blocks of 7 tokens):
+
+        block  token range  t_offset  positions (t, h, w)        1-D positions
+        0      20..26       0         (20, 20..26, 20)           20..26
+        1      27..33       7         (27, 27..33, 27)           27..33
+        question text starts at 34, one step per token.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(interval=0.0)
+
+    @staticmethod
+    def linear(pos: torch.Tensor) -> torch.Tensor:
+        """The 1-D positions of 3-component positions [3, ...] -> [...]."""
+        return pos[0] + pos[1] - pos[2]
+
+    def block(self, gh: int, gw: int) -> tuple[torch.Tensor, int]:
+        if self.video_start is None:
+            self.video_start = self.next_text
+        n = gh * gw
+        t_off = self.next_block_offset()
+        pos = block_positions(self.video_start, t_off, n, 1)  # [3, n]: (s + t_off, s + j, s)
+        self.next_text = self.video_start + t_off + n
+        self.interval = max(self.interval, float(n))
+        self.blocks += 1
+        return pos, t_off
+
+    def next_block_offset(self) -> int:
+        return 0 if self.video_start is None else self.next_text - self.video_start
+
+    def block_end(self, t_offset: int, gh: int, gw: int) -> int:
+        assert self.video_start is not None
+        return self.video_start + t_offset + gh * gw - 1
+
+    def extent(self, pos: torch.Tensor) -> torch.Tensor:
+        return self.linear(pos)

@@ -38,7 +38,7 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     bb, spec = backbone, backbone.spec
     t0 = time.perf_counter()
     frames = video.to_rgb_frames(frames)
-    size = video.frame_size_for_budget(frames.shape[1], frames.shape[2], cfg.tokens_per_frame)
+    size = bb.frame_size(frames.shape[1], frames.shape[2], cfg.tokens_per_frame)
     frames = video.resize_frames(frames, size)
     n_frames = len(frames)
     times_arr = check_times(times, n_frames, None, cfg.fps)
@@ -50,10 +50,12 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     tracker = bb.position_tracker(cfg.fps)
     sink = sink_ids(bb)
     q_ids, _ = question_ids(bb, q, answer_prefix=answer_prefix)
-    pos = [tracker.text(len(sink))] + [tracker.block(gh, gw)[0] for _ in range(n_blocks)]
+    # each block's frame times, as a stream files them (a padded last block lists its real frames only)
+    block_times = [tuple(times_arr[i * per: min((i + 1) * per, n_frames)].tolist()) for i in range(n_blocks)]
+    pos = [tracker.text(len(sink))] + [tracker.block(*bb.block_grid(t, (gh, gw)))[0] for t in block_times]
     start = tracker.next_text
     pos.append(tracker.text_at(start, len(q_ids)))
-    first, cache = bb.stock_forward(sink, frames, q_ids, torch.cat(pos, dim=1))
+    first, cache = bb.stock_forward(sink, frames, q_ids, torch.cat(pos, dim=1), block_times)
     ttft = time.perf_counter() - t0
     def step(token: int, position: int) -> torch.Tensor:
         nonlocal cache

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .. import video
 from ..positions import PositionTracker
 
 
@@ -154,6 +155,23 @@ class Backbone(ABC):
     def position_tracker(self, fps: float) -> PositionTracker:
         """A fresh tracker handing out positions for sinks, then blocks sampled at `fps`, then text."""
 
+    def frame_size(self, height: int, width: int, tokens_per_frame: int) -> tuple[int, int]:
+        """The (H, W) pixels frames of `height` x `width` are resized to for `tokens_per_frame` LLM tokens
+        per frame: multiples of `spec.pixels_per_token` (default: Qwen's aspect-keeping grid of a 2-frame block)."""
+        return video.frame_size_for_budget(height, width, tokens_per_frame)
+
+    def block_grid(self, times: tuple[float, ...], grid: tuple[int, int]) -> tuple[int, int]:
+        """The grid the memory files a block under, given its frames' `times` and its visual grid (gh, gw):
+        the visual grid itself unless the family writes text inside each block (`frame_block`)."""
+        return grid
+
+    def frame_block(self, tokens: torch.Tensor, times: tuple[float, ...],
+                    grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One block as the decoder reads it: visual tokens [gh*gw, hidden] -> (the block's embeddings
+        [n, hidden], its grid from `block_grid`). Default: the visual tokens alone. A family whose prompt
+        writes text with every frame (SmolVLM2's timestamps) returns that text's embeddings around them."""
+        return tokens, grid
+
     # ---- decoder ------------------------------------------------------------------------------
     @abstractmethod
     def run_decoder(self, embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache,
@@ -168,6 +186,11 @@ class Backbone(ABC):
         with self.capturing(getattr(cache, "capture", None)):
             return self.run_decoder(embeds, positions, cache, logits)
 
+    def decoder_layers(self) -> torch.nn.ModuleList | None:
+        """The text decoder's layers in order, for code that runs them itself (hermes' manual pseudo
+        attention); None: find them by their shape (the one list of n_layers modules with `self_attn`)."""
+        return None
+
     @abstractmethod
     def rotate_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Move post-RoPE keys [..., S, d] to new positions: delta [P, S] = new - old (exact)."""
@@ -175,11 +198,13 @@ class Backbone(ABC):
     # ---- the oracle ---------------------------------------------------------------------------
     @abstractmethod
     def stock_forward(self, before: list[int], frames: np.ndarray, after: list[int],
-                      positions: torch.Tensor) -> tuple[torch.Tensor, Any]:
+                      positions: torch.Tensor, block_times: list[tuple[float, ...]] | None = None,
+                      ) -> tuple[torch.Tensor, Any]:
         """One forward of the stock model class, as a user without memstream would run it: its own
         vision tower over all `frames` (uint8 [T, H, W, 3], T a multiple of frames_per_block), its
         placeholder tokens between the ids `before` and `after`, its own KV cache. positions [P, S]
-        for the whole sequence. Returns (logits of the last token [vocab] float32, the model's cache)."""
+        for the whole sequence; `block_times`: each block's frame times, for a family that writes them
+        into the prompt. Returns (logits of the last token [vocab] float32, the model's cache)."""
 
     @abstractmethod
     def stock_step(self, cache: Any, token: int, position: int) -> tuple[torch.Tensor, Any]:

@@ -207,7 +207,8 @@ class Qwen2_5_VLBackbone(Backbone):
     # ---- the oracle ---------------------------------------------------------------------------
     @torch.inference_mode()
     def stock_forward(self, before: list[int], frames: np.ndarray, after: list[int],
-                      positions: torch.Tensor) -> tuple[torch.Tensor, Any]:
+                      positions: torch.Tensor, block_times: list[tuple[float, ...]] | None = None,
+                      ) -> tuple[torch.Tensor, Any]:
         """`Qwen2_5_VLForConditionalGeneration.forward` over before + <|video_pad|> x n + after."""
         pixels, grid = self.patchify(frames)
         n_video = int(grid[0, 0] * grid[0, 1] * grid[0, 2]) // (self.spec.merge ** 2)

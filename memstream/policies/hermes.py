@@ -53,7 +53,7 @@ import torch
 from ..backbones import Backbone
 from ..checks import is_int, is_number
 from ..errors import ConfigError
-from ..positions import block_max_position, block_t_offset
+from ..positions import block_t_offset
 from . import hermes_layers as hl
 from .base import BlockInfo, IngestCache, Memory, PolicyConfig, need
 from .hermes_layers import LayerMemory
@@ -85,7 +85,7 @@ class HermesConfig(PolicyConfig):
     smoothing: str = "index"  # cross-layer smoothing pairs tokens by 'index' (released) or 'identity'
     compaction: str = "ranks"  # re-indexing: 'ranks' per position component (released) or 'slots' (temporal)
     positions: str = "lazy"  # "lazy": compact only near max_position_embeddings; "eager": at every compression
-    compact_margin: int = 8192  # lazy: positions kept free below max_position_embeddings for question and answer
+    compact_margin: int | None = None  # lazy: positions kept free below the model's limit; None: min(8192, limit / 4)
     pseudo_questions: tuple[str, ...] = (  # pseudo_queries 'averaged': prompts averaged in every layer
         "Describe the current scene in detail.",
         "Summarize the narrative of the video so far.",
@@ -135,7 +135,7 @@ class HermesConfig(PolicyConfig):
         one_of("smoothing", "index", "identity")
         one_of("compaction", "ranks", "slots")
         one_of("positions", "lazy", "eager")
-        need(is_int(self.compact_margin) and self.compact_margin >= 0,
+        need(self.compact_margin is None or (is_int(self.compact_margin) and self.compact_margin >= 0),
              f"hermes compact_margin must be a non-negative number of positions, got {self.compact_margin!r}.")
         qs = self.pseudo_questions
         need(isinstance(qs, tuple | list) and len(qs) > 0 and all(isinstance(q, str) and q.strip() for q in qs),
@@ -156,12 +156,15 @@ class HermesMemory(Memory):
         spec = self.spec
         self.roles = hl.layer_roles(config, spec.n_layers)
         self.max_positions = spec.max_positions
-        if config.compact_margin >= self.max_positions:
-            raise ConfigError(f"hermes compact_margin ({config.compact_margin}) must be below the model's "
+        # 8192 leaves Qwen's 128k positions almost whole; SmolVLM2's 8192 need a smaller default
+        self.compact_margin = min(8192, self.max_positions // 4) if config.compact_margin is None \
+            else config.compact_margin
+        if self.compact_margin >= self.max_positions:
+            raise ConfigError(f"hermes compact_margin ({self.compact_margin}) must be below the model's "
                               f"{self.max_positions} positions.")
         self.decoder = None
         if config.pseudo_forward == "manual":
-            self.decoder = decoder_layers(backbone.model, spec.n_layers)
+            self.decoder = backbone.decoder_layers() or decoder_layers(backbone.model, spec.n_layers)
             if self.decoder is None:
                 raise ConfigError("hermes pseudo_forward 'manual' needs the model's decoder layers, which this "
                                   "backbone does not expose; use pseudo_forward 'model'.")
@@ -298,7 +301,7 @@ class HermesMemory(Memory):
         if eager:
             self._resume(out, grid)
         else:  # a question must start after the newest summary
-            top = max((int(s.pos.max()) for s in out if s.n), default=-1)
+            top = max((int(self.positions.extent(s.pos).max()) for s in out if s.n), default=-1)
             self.positions.next_text = max(self.positions.next_text, top + 1)
         return out, True
 
@@ -312,7 +315,7 @@ class HermesMemory(Memory):
             anchor = self.positions.video_start
             keys = self.bb.rotate_keys(evicted.keys, anchor - evicted.pos)  # [1, Hkv, m, d] at (s, s, s)
             return state.fold(keys, evicted.values)
-        newest = int(state.pos.max()) if state.n else self.positions.video_start - 1
+        newest = int(self.positions.extent(state.pos).max()) if state.n else self.positions.video_start - 1
         where = torch.full((3, 1), newest + 1, dtype=torch.long)  # [3, 1]
         keys = self.bb.rotate_keys(evicted.keys, where - evicted.pos)  # [1, Hkv, m, d] all at (m, m, m)
         key = keys.double().mean(-2, keepdim=True).to(keys.dtype)  # [1, Hkv, 1, d]
@@ -382,8 +385,7 @@ class HermesMemory(Memory):
         tracker = self.positions
         if tracker.video_start is None:
             return False
-        t_off = block_t_offset(tracker.blocks, tracker.interval)
-        return block_max_position(tracker.video_start, t_off, gh, gw) >= self.max_positions - self.cfg.compact_margin
+        return tracker.block_end(tracker.next_block_offset(), gh, gw) >= self.max_positions - self.compact_margin
 
     def _compact(self, layers: list[LayerMemory]) -> list[LayerMemory]:
         """Re-index every layer's held tokens (keys re-rotated by the exact position delta).
@@ -427,13 +429,13 @@ class HermesMemory(Memory):
             slot -= 1
         gh, gw = grid
         tracker.blocks = slot
-        last = block_max_position(start, block_t_offset(slot - 1, interval), gh, gw) if slot else start - 1
+        last = tracker.block_end(block_t_offset(slot - 1, interval), gh, gw) if slot else start - 1
         if self.cfg.compaction == "ranks":  # h and w were ranked too: only what is held counts
-            last = max((int(p.max()) for p in held), default=start - 1)
-        tracker.next_text = max(self.n_sink, last + 1, max((int(p.max()) + 1 for p in held), default=0))
+            last = max((int(tracker.extent(p).max()) for p in held), default=start - 1)
+        tracker.next_text = max(self.n_sink, last + 1, max((int(tracker.extent(p).max()) + 1 for p in held), default=0))
         if self._near_position_limit(gh, gw):
             raise ConfigError(f"The hermes budget ({self.cfg.budget} tokens) spans more positions than the model's "
-                              f"{self.max_positions} allow with compact_margin {self.cfg.compact_margin}; "
+                              f"{self.max_positions} allow with compact_margin {self.compact_margin}; "
                               f"lower one of them.")
 
     # ---- questions ----------------------------------------------------------------------------
