@@ -1,0 +1,133 @@
+"""SmolVLM2 (`tiny-smolvlm2`): the oracle (streaming `full` equals one stock forward of
+`SmolVLMForConditionalGeneration`), rekv retrieving everything equals full, positions and the prompt equal a
+hand computation, and every policy ingests, answers and traces through the same Backbone interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import memstream
+from memstream.backbones import smolvlm
+from memstream.positions import LinearPositionTracker
+
+Q = "What is there?"
+TIMES = [0.0, 1.4, 2.0, 59.9, 61.0, 125.5, 126.0]  # real, uneven frame times (a webcam's arrivals)
+
+
+@pytest.fixture(scope="module")
+def smol(tiny_cache):
+    return memstream.load(model="tiny-smolvlm2", device="cpu", cache_dir=str(tiny_cache))
+
+
+def random_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def ingest(engine, frames, policy="full", times=None, tokens_per_frame=16, **kw) -> memstream.Stream:
+    stream = engine.stream(policy=policy, fps=1.0, tokens_per_frame=tokens_per_frame, **kw)
+    stream.add_frames(frames, TIMES[: len(frames)] if times is None else times)
+    stream.flush()
+    return stream
+
+
+def test_family_comes_from_the_checkpoint(smol, tiny_cache):
+    from memstream.backbones import preset_checkpoint
+
+    assert isinstance(smol.backbone, smolvlm.SmolVLMBackbone)
+    path = preset_checkpoint("tiny-smolvlm2", tiny_cache)
+    again = memstream.load(model=str(path), device="cpu")  # a directory: the family from its model_type
+    assert isinstance(again.backbone, smolvlm.SmolVLMBackbone)
+    assert smol.backbone.spec.frames_per_block == 1
+
+
+@pytest.mark.parametrize("shape,tpf", [((40, 70), 16), ((90, 50), 9)])
+@pytest.mark.parametrize("n", [5, 7])
+def test_full_streaming_equals_the_stock_forward(smol, shape, tpf, n):
+    frames = random_frames(n, *shape, seed=n)
+    stream = ingest(smol, frames, tokens_per_frame=tpf)
+    assert stream.stats()["blocks"] == n  # one frame per block: nothing is padded
+    got = stream.ask(Q, max_new_tokens=4)
+    ref = smol.reference_answer(frames, TIMES[:n], Q, fps=1.0, tokens_per_frame=tpf, max_new_tokens=4)
+    delta = (got.first_logits - ref.first_logits).abs().max().item()
+    assert delta <= 1e-4, delta
+    assert got.token_ids == ref.token_ids
+
+
+def test_the_timestamps_are_the_frames_real_times(smol):
+    """Changing one frame's time changes the stream's answer and the oracle's the same way."""
+    frames = random_frames(3, 64, 64, seed=3)
+    a = ingest(smol, frames, times=[0.0, 1.0, 2.0]).ask(Q, max_new_tokens=1)
+    b = ingest(smol, frames, times=[0.0, 1.0, 75.0]).ask(Q, max_new_tokens=1)
+    ref = smol.reference_answer(frames, [0.0, 1.0, 75.0], Q, tokens_per_frame=16)
+    assert (a.first_logits - b.first_logits).abs().max().item() > 1e-4
+    assert (b.first_logits - ref.first_logits).abs().max().item() <= 1e-4
+
+
+def test_prompt_and_positions_equal_a_hand_computation(smol):
+    bb = smol.backbone
+    assert smolvlm.frame_text(0.0) == "\nFrame from 00:00:"
+    assert smolvlm.frame_text(125.9) == "\nFrame from 02:05:"  # truncated, as the processor's int()
+    before, after = bb.block_text((125.9,))
+    assert bb.tokenizer.decode(before) == "\nFrame from 02:05:<fake_token_around_image><global-img>"
+    assert bb.tokenizer.decode(after) == "<fake_token_around_image>"
+    assert bb.frame_size(480, 640, 16) == (64, 64)  # square: 4 x 4 tokens of 16 px
+    stream = ingest(smol, random_frames(3, 48, 48), tokens_per_frame=16)
+    sink = len(bb.tokenize(smolvlm.CHAT.sink))
+    per = len(before) + 16 + len(after)  # 18 text tokens + 16 visual + 1 marker, every block the same
+    assert [b.grid for b in stream.memory.blocks] == [(per, 1)] * 3
+    assert [b.t_offset for b in stream.memory.blocks] == [0, per, 2 * per]
+    assert stream.memory.question_start() == sink + 3 * per
+    # the tracker's positions, in 1-D: sink 0..sink-1, block i from sink + i * per, one step per token
+    tracker = LinearPositionTracker()
+    text = tracker.text(sink)
+    blocks = [tracker.block(per, 1)[0] for _ in range(3)]
+    flat = LinearPositionTracker.linear(torch.cat([text, *blocks], dim=1))
+    assert flat.tolist() == list(range(sink + 3 * per))
+    assert blocks[1][:, 0].tolist() == [sink + per, sink, sink]  # (s + t_offset, s + j, s) with s = sink
+
+
+def test_rekv_retrieving_everything_equals_full(smol):
+    frames = random_frames(6, 48, 64, seed=1)
+    full = ingest(smol, frames).ask(Q, max_new_tokens=3)
+    for positions in ("original", "compact"):
+        got = ingest(smol, frames, "rekv", topk=100, n_local=10**6, positions=positions).ask(Q, max_new_tokens=3)
+        assert (got.first_logits - full.first_logits).abs().max().item() < 1e-5, positions
+        assert got.token_ids == full.token_ids
+
+
+def test_rotate_keys_moves_along_the_1d_axis_exactly(smol):
+    """A delta [3, n] in memstream's form moves a key by t + h - w positions: equal to RoPE applied there."""
+    bb = smol.backbone
+    raw = torch.randn(1, 2, 5, bb.spec.head_dim)  # pre-RoPE keys [1, Hkv, n, d]
+
+    def rope_at(pos: torch.Tensor) -> torch.Tensor:  # the decoder's own RoPE at 1-D positions [n]
+        cos, sin = bb.lm.rotary_emb(raw, pos.unsqueeze(0))
+        half = raw.shape[-1] // 2
+        return raw * cos[0] + torch.cat((-raw[..., half:], raw[..., :half]), dim=-1) * sin[0]
+
+    old = torch.tensor([[30, 30, 30, 30, 44], [20, 21, 22, 23, 44], [20, 20, 20, 20, 44]])  # a block + a text token
+    delta = torch.zeros_like(old)
+    delta[0] = torch.tensor([-10, -10, -10, -10, 3])  # the block to an earlier slot; the text token on by 3
+    moved = bb.rotate_keys(rope_at(LinearPositionTracker.linear(old)), delta)
+    expected = rope_at(LinearPositionTracker.linear(old + delta))
+    assert (moved - expected).abs().max().item() < 1e-5
+
+
+POLICIES = [("full", {}), ("rekv", dict(topk=2, n_local=40)), ("memstream", dict(topk=2, n_local=40)),
+            ("memstream-internal", dict(topk=2, n_local=40)), ("external", dict(topk=2)),
+            ("hermes", dict(budget=40, chunk_frames=2)), ("sink-window", dict(n_local=40))]
+
+
+@pytest.mark.parametrize("policy,options", POLICIES)
+def test_every_policy_ingests_answers_and_traces(tiny_cache, policy, options):
+    engine = memstream.load(model="tiny-smolvlm2", expert="tiny", device="cpu", cache_dir=str(tiny_cache))
+    stream = ingest(engine, random_frames(7, 40, 60, seed=4), policy, **options)
+    answer = stream.ask(Q, max_new_tokens=3)
+    assert answer.blocks_seen == 7 and answer.first_logits.shape == (engine.backbone.spec.vocab,)
+    trace = answer.trace
+    assert trace.block_times.tolist() == pytest.approx(TIMES)
+    assert trace.internal.shape[0] in (0, engine.backbone.spec.n_layers)
+    assert len(trace.selected) == engine.backbone.spec.n_layers
+    assert stream.stats()["blocks"] == 7
