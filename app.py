@@ -1,6 +1,6 @@
 """The web demo's entry point (a Hugging Face Space runs this file); the page is `memstream_demo`.
 
-    python app.py [--model ID|tiny] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
+    python app.py [--model ID|tiny|tiny-smolvlm2] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
                   [--server-name 0.0.0.0] [--server-port 7860 (or $PORT)] [--share]
                   [--max-sessions 8] [--session-memory-mb 4096] [--idle-timeout 1800]
 
@@ -18,10 +18,16 @@ import argparse
 import os
 
 import memstream
+from memstream.backbones import PRESETS
 from memstream_demo import Limits, Settings, build, launch
 
 TINY_BANNER = ("**Answers come from a tiny random-weight model**, so they are noise; ingestion, memory, retrieval "
                "and the heatmaps work exactly as with the real model.")
+
+
+def is_preset(model: str | None) -> bool:
+    """Whether `model` names an offline random-weight preset ("tiny", "tiny-smolvlm2", ...)."""
+    return model in PRESETS
 
 
 def _add_expert(engine: memstream.Engine, expert: str | None) -> str:
@@ -42,7 +48,7 @@ def _expert_for(model: str | None, expert: str | None) -> str | None:
     if expert in (None, "none"):
         return None
     if expert == "auto":
-        return "tiny" if model == "tiny" else "clip-b32"
+        return "tiny" if is_preset(model) else "clip-b32"
     return expert
 
 
@@ -52,13 +58,13 @@ def load_engine(model: str | None, expert: str | None, device: str) -> tuple[mem
     try:
         engine = memstream.load(model=model, device=device)
     except memstream.MemStreamError as exc:
-        if model == "tiny":
+        if is_preset(model):
             raise
         print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
         notes.append(f"The real model could not be loaded ({exc})")
         model, engine = "tiny", memstream.load(model="tiny", device=device)
     notes.append(_add_expert(engine, _expert_for(model, expert)))
-    if model == "tiny":
+    if is_preset(model):
         notes.append(TINY_BANNER)
     return engine, " ".join(n for n in notes if n)
 
@@ -80,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     engine, banner = load_engine(args.model, args.expert, args.device)
     tiny = TINY_BANNER in banner
-    defaults = Settings(expert=engine.expert_name or "none")
+    # the family's usual frame size (SmolVLM2: its processor's 64 or 81 tokens), not 256 everywhere
+    defaults = Settings(expert=engine.expert_name or "none").with_options(
+        tokens_per_frame=engine.backbone.spec.default_tokens_per_frame)
     if tiny:  # CPU-sized: fewer tokens per frame, and a topk / budget small enough to leave blocks of the sample out
         defaults = defaults.with_options(tokens_per_frame=64, topk=4, budget=1024)
     limits = Limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,

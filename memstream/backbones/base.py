@@ -62,6 +62,7 @@ class BackboneSpec:
     frames_per_block: int  # frames the vision tower merges into one block (Qwen2.5-VL's temporal patch: 2)
     tokens_per_second: float  # temporal position steps per second of video (Qwen2.5-VL: 2)
     max_positions: int  # the decoder's max_position_embeddings
+    default_tokens_per_frame: int = 256  # what the demo starts with: the family's usual frame size (SmolVLM2: 64)
 
     @property
     def pixels_per_token(self) -> int:

@@ -158,6 +158,8 @@ class SmolVLMBackbone(Backbone):
             vocab=cfg.vocab_size, patch=vcfg.patch_size, merge=model.config.scale_factor, frames_per_block=1,
             tokens_per_second=0.0,  # 1-D positions count tokens, not time
             max_positions=int(cfg.max_position_embeddings),
+            # the real processor's frame: image_size pixels, (image_size / patch / scale)^2 tokens (64 or 81)
+            default_tokens_per_frame=(vcfg.image_size // (vcfg.patch_size * model.config.scale_factor)) ** 2,
         )
         self.lm = model.model.text_model
         model.set_attn_implementation({"text_config": attention.ATTENTION_NAME, "vision_config": "sdpa"})

@@ -118,7 +118,7 @@ def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float
         rows.append({
             "policy": policy,
             "minutes": minutes,
-            "blocks": n_frames // 2,
+            "blocks": n_frames // engine.backbone.spec.frames_per_block,
             "ttft_s": s["median"],
             "ttft_minmax_s": [s["min"], s["max"]],
             "engine_ttft_s": spread(engine_ttft[policy])["median"],
