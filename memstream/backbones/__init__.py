@@ -52,10 +52,11 @@ def preset_checkpoint(name: str, cache_dir: str | os.PathLike | None = None):
     return build_checkpoint(family.presets[name], family.make_tokenizer, family.build_model, cache_dir)
 
 
-def load_backbone(name: str | None = None, device: str | None = "auto", cache_dir: str | None = None) -> Backbone:
+def load_backbone(name: str | None = None, device: str | None = "auto", cache_dir: str | None = None,
+                  dtype: torch.dtype | None = None) -> Backbone:
     """Load a backbone from a preset name, a hub id or a local directory; the family comes from the
-    checkpoint's `model_type`. bf16 on CUDA, fp32 on CPU. `name=None`: the default real model for the
-    device. Raises ModelLoadError with one sentence when it cannot."""
+    checkpoint's `model_type`. `dtype` None: bf16 on CUDA, fp32 on CPU. `name=None`: the default real model
+    for the device. Raises ModelLoadError with one sentence when it cannot."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -68,7 +69,7 @@ def load_backbone(name: str | None = None, device: str | None = "auto", cache_di
         if (name.startswith((".", os.path.sep)) or name.count("/") > 1) and not os.path.isdir(name):
             raise ModelLoadError(f"Model directory {name!r} does not exist; use --model tiny for the offline model.")
         path, family = name, None
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     try:
         family = family or _family_of(path)
         tokenizer, model = _local_first(lambda local_only: family.load_model(path, dtype, local_only), path)
