@@ -71,6 +71,14 @@ SMALL = presets.Preset(
                 window_size=112, fullatt_block_indexes=[3]),
 )
 
+# Qwen2.5-VL-7B-Instruct's layer shapes with 4 decoder layers (of 28) and 4 vision blocks (of 32): hidden 3584,
+# MLP 18944, 28 query / 4 KV heads of 128 (its config.json on the hub); the vision tower is 3B's.
+SMALL_7B = presets.Preset(
+    "small-7b", MODEL_TYPE, seed=0, special_tokens=SPECIAL_TOKENS,
+    text=dict(SMALL.text, hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4),
+    vision=dict(SMALL.vision, out_hidden_size=3584),
+)
+
 
 def preset_tokenizer():
     """The presets' byte-level tokenizer with Qwen's special tokens (ids 256..269)."""
@@ -229,7 +237,7 @@ FAMILY = Family(
     model_type=MODEL_TYPE,
     backbone=Qwen2_5_VLBackbone,
     load_model=load_model,
-    presets={p.name: p for p in (TINY, SMALL)},
+    presets={p.name: p for p in (TINY, SMALL, SMALL_7B)},
     make_tokenizer=preset_tokenizer,
     build_model=build_model,
 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -102,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
 def table_row(r: dict[str, Any]) -> str:
     """One markdown table row: model, dtype, tokens/frame, s/frame (vision + decoder), live fps, TTFT, RSS."""
     return (f"| {r['model']} | {r['dtype']} | {r['tokens_per_frame']} | {r['frame_s']:.2f} "
-            f"({r['vision_s']:.2f} + {r['decoder_s']:.2f}) | {r['live_fps']:.2f} | {r['ttft_s']:.2f} | "
-            f"{r['peak_rss_gb']:.1f} | {r['weights_full_gb']:.1f} + {r['kv_full_gb']:.1f} |")
+            f"({r['vision_s']:.2f} + {r['decoder_s']:.2f}) | {r['frame_cpu_s']:.2f} | {r['live_fps']:.2f} | "
+            f"{r['threads'] / r['frame_cpu_s']:.2f} | {r['ttft_s']:.2f} ({r['ttft_cpu_s']:.2f}) | "
+            f"{r['peak_rss_gb']:.1f} | {r['weights_full_gb']:.1f} + {r['kv_full_gb']:.1f} | "
+            f"{r['load_average'][0]:.1f} |")
 
 
 def measure_one(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,16 +136,19 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     stream.add_frames(video.frames(start, per), [(start + i) * step for i in range(per)])  # warm-up, untimed
     warm = stream.stats()
     timed_frames = max(per, (args.frames - 1) // per * per)
+    cpu0 = time.process_time()
     stream.add_frames(video.frames(start + per, timed_frames), [(start + per + i) * step for i in range(timed_frames)])
+    frame_cpu = (time.process_time() - cpu0) / timed_frames  # CPU seconds, all threads together
     after = stream.stats()
     vision = (after["encode_s"] - warm["encode_s"]) / timed_frames
     decoder = (after["ingest_s"] - warm["ingest_s"]) / timed_frames - vision
-    ttfts = []
+    ttfts, ttft_cpu = [], []
     for i in range(max(2, args.questions)):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         stream.ask(QUESTION, max_new_tokens=1)
         if i:  # the first question warms up
             ttfts.append(time.perf_counter() - t)
+            ttft_cpu.append(time.process_time() - c)
     built_l = bb.spec.n_layers
     vision_layers = len(vision_blocks(bb.model))
     frame_s = vision * real_v / vision_layers + decoder * real_l / built_l
@@ -157,6 +163,12 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
         "minutes": args.minutes, "blocks": after["blocks"],
         "vision_s": vision * real_v / vision_layers, "decoder_s": decoder * real_l / built_l,
         "frame_s": frame_s, "live_fps": 1.0 / frame_s,
+        # CPU seconds (all threads) per frame and per question at full depth: what an idle machine with
+        # `threads` cores would take at best divided by the threads; wall figures depend on the load
+        "frame_cpu_s": frame_cpu * ((vision * real_v / vision_layers + decoder * real_l / built_l)
+                                    / max(1e-9, vision + decoder)),
+        "ttft_cpu_s": float(np.median(ttft_cpu)) * real_l / built_l,
+        "load_average": list(os.getloadavg()),
         "ttft_s": float(np.median(ttfts)) * real_l / built_l, "ttft_built_s": float(np.median(ttfts)),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "weights_full_gb": (weights + extra) * size / 1e9,
