@@ -62,6 +62,19 @@ def block_max_position(video_start: int, t_offset: int, gh: int, gw: int) -> int
     return video_start + max(t_offset, gh - 1, gw - 1)
 
 
+def ranked_positions(pos: torch.Tensor, start: int) -> torch.Tensor:
+    """Compaction as released: each position component of the held tokens replaced by its rank among
+    that component's distinct values, counted from `start`: pos LongTensor [P, n] -> [P, n].
+
+    E.g. t values (20, 20, 28, 36) -> (s, s, s+1, s+2); h and w are ranked the same way on their own.
+    """
+    out = torch.empty_like(pos)
+    for d in range(pos.shape[0]):
+        _, rank = torch.unique(pos[d], sorted=True, return_inverse=True)
+        out[d] = start + rank
+    return out
+
+
 class PositionTracker:
     """Hands out positions for: sinks (text) -> blocks (video) -> question (text), incrementally.
 
@@ -117,6 +130,10 @@ class PositionTracker:
         """How far along the text axis each position [3, n] reaches: [n] (M-RoPE: the largest component)."""
         return pos.max(dim=0).values
 
+    def ranked(self, pos: torch.Tensor, start: int) -> torch.Tensor:
+        """Held positions [3, n] re-indexed densely from `start` (hermes' released compaction): [3, n]."""
+        return ranked_positions(pos, start)
+
 
 class LinearPositionTracker(PositionTracker):
     """1-D RoPE positions (one index per token), written in the same 3-component form so that every
@@ -166,3 +183,10 @@ class LinearPositionTracker(PositionTracker):
 
     def extent(self, pos: torch.Tensor) -> torch.Tensor:
         return self.linear(pos)
+
+    def ranked(self, pos: torch.Tensor, start: int) -> torch.Tensor:
+        """Each held token's 1-D position -> start + its rank among the distinct ones, as (p, start, start)."""
+        _, rank = torch.unique(self.linear(pos), sorted=True, return_inverse=True)
+        out = torch.full_like(pos, start)
+        out[0] = start + rank
+        return out

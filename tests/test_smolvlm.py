@@ -131,3 +131,21 @@ def test_every_policy_ingests_answers_and_traces(tiny_cache, policy, options):
     assert trace.internal.shape[0] in (0, engine.backbone.spec.n_layers)
     assert len(trace.selected) == engine.backbone.spec.n_layers
     assert stream.stats()["blocks"] == 7
+
+
+@pytest.mark.parametrize("compaction,room,frames", [("ranks", 400, 14), ("slots", 800, 24)])
+def test_hermes_compaction_keeps_1d_positions_distinct(smol, compaction, room, frames):
+    """Past the position limit hermes re-indexes what it holds: on 1-D positions every held token keeps a
+    position of its own, below where the question starts, and the stream still answers. The stream may use
+    positions < room: sinks 74 + at most 60 held + 2 x 37 of a chunk + the next block (ranks); "slots"
+    gives every held block its whole 37-position width again, so it needs more room."""
+    limit = smol.backbone.spec.max_positions
+    stream = ingest(smol, random_frames(frames, 48, 48, seed=6), "hermes", budget=60, chunk_frames=2,
+                    compact_margin=limit - room, compaction=compaction, times=[float(i) for i in range(frames)])
+    mem = stream.memory
+    assert mem.compactions > 0
+    start = mem.question_start()
+    for state in mem.layers:
+        flat = LinearPositionTracker.linear(state.pos)
+        assert flat.unique().numel() == flat.numel() and int(flat.max()) < start < room
+    assert stream.ask(Q, max_new_tokens=2).blocks_seen == frames

@@ -400,7 +400,7 @@ class HermesMemory(Memory):
                 out.append(state)
                 continue
             if self.cfg.compaction == "ranks":
-                delta = hl.ranked_positions(state.pos, start) - state.pos
+                delta = self.positions.ranked(state.pos, start) - state.pos
             else:
                 blocks, slot = torch.unique(state.block, return_inverse=True)  # slot: [n], 0-based, time order
                 new_t = torch.tensor([start + block_t_offset(j, interval) for j in range(blocks.numel())],

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..positions import ranked_positions  # noqa: F401 - hermes' released compaction, defined there
 from ..retrieval import minmax
 
 # Token identity = block * CELL_SPAN + cell; a block has at most 2 * 16384 cells (tokens_per_frame <= 16384).
@@ -242,19 +243,6 @@ def smooth_by_index(scores: list[torch.Tensor], gammas: list[float]) -> list[tor
         if upper.numel() != n:
             upper = F.interpolate(upper.float().view(1, 1, -1), size=n, mode="linear", align_corners=False).view(-1)
         out[layer] = (1 - g) * out[layer] + g * upper
-    return out
-
-
-def ranked_positions(pos: torch.Tensor, start: int) -> torch.Tensor:
-    """Compaction as released: each position component of the held tokens replaced by its rank among
-    that component's distinct values, counted from `start`: pos LongTensor [P, n] -> [P, n].
-
-    E.g. t values (20, 20, 28, 36) -> (s, s, s+1, s+2); h and w are ranked the same way on their own.
-    """
-    out = torch.empty_like(pos)
-    for d in range(pos.shape[0]):
-        _, rank = torch.unique(pos[d], sorted=True, return_inverse=True)
-        out[d] = start + rank
     return out
 
 
