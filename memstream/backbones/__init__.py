@@ -27,7 +27,10 @@ __all__ = ["Backbone", "BackboneSpec", "Capture", "ChatTemplate", "KVCache", "Fa
            "DEFAULT_CUDA_MODEL", "DEFAULT_CPU_MODEL"]
 
 DEFAULT_CUDA_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-DEFAULT_CPU_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+# Without CUDA: SmolVLM2-500M, picked from `bench live` (BENCHMARKS.md, "Live rate on a CPU"): it costs
+# about what 256M costs per frame on a 2-core CPU (the same vision tower; the decoder is a small share), answers
+# from a 360M-parameter decoder, and 2.2B / Qwen2.5-VL-3B are several times slower per frame.
+DEFAULT_CPU_MODEL = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
 
 FAMILIES: dict[str, Family] = {}  # model_type -> family
 PRESETS: dict[str, Family] = {}  # preset name -> its family

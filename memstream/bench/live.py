@@ -59,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--questions", type=int, default=2, help="questions timed (first untimed)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
                    help="LLM tokens per frame (default: each family's own: SmolVLM2 64 or 81, Qwen 256)")
+    p.add_argument("--n-local", type=int, default=None,
+                   help="rekv's ingest window in tokens (default: rekv's, 15000); a live CPU demo wants less")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one model:dtype here
     p.add_argument("--json", action="store_true", help="print one JSON object per model and dtype")
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                    "--frames", str(args.frames), "--questions", str(args.questions), "--json"]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--tokens-per-frame", str(args.tokens_per_frame)] if args.tokens_per_frame else []
+            cmd += ["--n-local", str(args.n_local)] if args.n_local else []
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"bench live: {item} {dtype} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -122,7 +125,8 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
         engine = Engine(load_backbone(name, "cpu", dtype=DTYPES[dtype_name]))
         bb = engine.backbone
     tpf = args.tokens_per_frame or bb.spec.default_tokens_per_frame
-    stream = engine.stream(policy="rekv", fps=args.fps, tokens_per_frame=tpf)
+    window = {"n_local": args.n_local} if getattr(args, "n_local", None) else {}
+    stream = engine.stream(policy="rekv", fps=args.fps, tokens_per_frame=tpf, **window)
     video = SyntheticVideo()
     per = bb.spec.frames_per_block
     step = 1.0 / args.fps
@@ -160,7 +164,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
         "bench": "live", "model": name, "dtype": dtype_name, "real_depths": [real_l, real_v],
         "built_depths": [built_l, vision_layers], "tokens_per_frame": tpf,
         "tokens_per_block": before["tokens_stored"] / max(1, before["blocks"]),
-        "minutes": args.minutes, "blocks": after["blocks"],
+        "minutes": args.minutes, "blocks": after["blocks"], "n_local": stream.memory.n_local,
         "vision_s": vision * real_v / vision_layers, "decoder_s": decoder * real_l / built_l,
         "frame_s": frame_s, "live_fps": 1.0 / frame_s,
         # CPU seconds (all threads) per frame and per question at full depth: what an idle machine with
