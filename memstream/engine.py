@@ -145,7 +145,8 @@ class Stream:
         with self._input_lock:
             times_arr = check_times(times, len(frames), self._last_time, self.config.fps)
             size = self.frame_size or video.frame_size_for_budget(frames.shape[1], frames.shape[2],
-                                                                  self.config.tokens_per_frame)
+                                                                  self.config.tokens_per_frame,
+                                                                  self._bb.spec.pixels_per_token)
             resized = video.resize_frames(frames, size)
             self.frame_size = size  # fixed by the first accepted frames, not by rejected ones
             self._last_time = float(times_arr[-1])
@@ -210,7 +211,7 @@ class Stream:
         t0 = time.perf_counter()
         per = self._bb.spec.frames_per_block
         frames = np.stack([f for f, _, _ in pairs])  # [per * k, H, W, 3] at the LLM's token budget
-        tokens = self._bb.encode_blocks(frames)  # [k, n, hidden]
+        tokens = self._bb.encode_blocks(frames)  # [k, n, hidden * (1 + D)]
         # the expert sees the frames as they were added (its preprocessing resizes them to its own input),
         # batched here so that nothing of it is left for question time
         embeds = None if self.expert is None else \

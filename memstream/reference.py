@@ -38,7 +38,7 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     bb, spec = backbone, backbone.spec
     t0 = time.perf_counter()
     frames = video.to_rgb_frames(frames)
-    size = video.frame_size_for_budget(frames.shape[1], frames.shape[2], cfg.tokens_per_frame)
+    size = video.frame_size_for_budget(frames.shape[1], frames.shape[2], cfg.tokens_per_frame, spec.pixels_per_token)
     frames = video.resize_frames(frames, size)
     n_frames = len(frames)
     times_arr = check_times(times, n_frames, None, cfg.fps)
@@ -50,10 +50,15 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     tracker = bb.position_tracker(cfg.fps)
     sink = sink_ids(bb)
     q_ids, _ = question_ids(bb, q, answer_prefix=answer_prefix)
-    pos = [tracker.text(len(sink))] + [tracker.block(gh, gw)[0] for _ in range(n_blocks)]
+    # each block's frame times, as a stream records them (a padded last block lists its real frames only)
+    block_times = [tuple(times_arr[i: min(i + per, n_frames)].tolist()) for i in range(0, len(frames), per)]
+    pos = [tracker.text(len(sink))]
+    for t in block_times:
+        before, after = bb.block_text(t)
+        pos.append(tracker.block(gh, gw, len(before), len(after))[0])
     start = tracker.next_text
     pos.append(tracker.text_at(start, len(q_ids)))
-    first, cache = bb.stock_forward(sink, frames, q_ids, torch.cat(pos, dim=1))
+    first, cache = bb.stock_forward(sink, frames, block_times, q_ids, torch.cat(pos, dim=1))
     ttft = time.perf_counter() - t0
     def step(token: int, position: int) -> torch.Tensor:
         nonlocal cache

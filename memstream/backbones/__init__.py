@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..loading import hub_reachable, resolve_device
-from . import qwen2_5_vl
+from . import qwen2_5_vl, qwen3_vl
 from .base import Backbone, BackboneSpec, Capture, ChatTemplate, KVCache
 from .family import Family
 from .presets import Preset, build_checkpoint
@@ -43,6 +43,7 @@ def register_backbone(family: Family) -> None:
 
 
 register_backbone(qwen2_5_vl.FAMILY)
+register_backbone(qwen3_vl.FAMILY)
 
 
 def preset_checkpoint(name: str, cache_dir: str | os.PathLike | None = None):

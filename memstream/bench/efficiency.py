@@ -119,7 +119,8 @@ def measure_efficiency(engine: Engine, policy: str, calls: int, *, blocks_per_ca
     probe = _matmul_probe(engine.device, bb.dtype, PROBE_SIZE.get(engine.device.type, PROBE_SIZE["cpu"]))
     stream.sync = lambda: synchronize(engine.device)  # the stream's encode_s then counts finished work
 
-    size = frame_size_for_budget(synthetic.height, synthetic.width, tokens_per_frame)  # what the stream will use
+    size = frame_size_for_budget(synthetic.height, synthetic.width, tokens_per_frame,
+                                 bb.spec.pixels_per_token)  # what the stream will use
     grid = (size[0] // bb.spec.pixels_per_token, size[1] // bb.spec.pixels_per_token)
     n_local = stream.config.options().get("n_local")
     rows: list[dict[str, float]] = []  # per timed call: seconds, FLOPs, probe

@@ -67,7 +67,8 @@ def measure_ingest(engine: Engine, policy: str, blocks: int, *, tokens_per_frame
     video = SyntheticVideo()
     per_block: list[float] = []
     in_probes: list[float] = []  # each block's seconds over its neighbouring probe's
-    size = frame_size_for_budget(video.height, video.width, tokens_per_frame)  # what the stream will use
+    size = frame_size_for_budget(video.height, video.width, tokens_per_frame,
+                                 engine.backbone.spec.pixels_per_token)  # what the stream will use
     probe_pair = resize_frames(video.frames(0, 2), size)
 
     def probe() -> torch.Tensor:
