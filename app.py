@@ -18,6 +18,7 @@ import argparse
 import os
 
 import memstream
+from memstream.backbones import PRESETS
 from memstream_demo import Limits, Settings, build, launch
 
 TINY_BANNER = ("**Answers come from a tiny random-weight model**, so they are noise; ingestion, memory, retrieval "
@@ -42,7 +43,7 @@ def _expert_for(model: str | None, expert: str | None) -> str | None:
     if expert in (None, "none"):
         return None
     if expert == "auto":
-        return "tiny" if model == "tiny" else "clip-b32"
+        return "tiny" if model in PRESETS else "clip-b32"  # random weights get the random expert
     return expert
 
 
@@ -52,13 +53,13 @@ def load_engine(model: str | None, expert: str | None, device: str) -> tuple[mem
     try:
         engine = memstream.load(model=model, device=device)
     except memstream.MemStreamError as exc:
-        if model == "tiny":
+        if model in PRESETS:  # an offline preset that fails has nothing to fall back to
             raise
         print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
         notes.append(f"The real model could not be loaded ({exc})")
         model, engine = "tiny", memstream.load(model="tiny", device=device)
     notes.append(_add_expert(engine, _expert_for(model, expert)))
-    if model == "tiny":
+    if model in PRESETS:  # every preset has random weights (tiny, tiny-qwen3-vl, ...)
         notes.append(TINY_BANNER)
     return engine, " ".join(n for n in notes if n)
 

@@ -300,3 +300,37 @@ def test_cli_takes_the_model(tiny_cache, monkeypatch, capsys, tmp_path):
     assert main(["ask", str(path), Q, "--model", "tiny-qwen3-vl", "--tokens-per-frame", "8",
                  "--max-new-tokens", "2", "--json"]) == 0
     assert '"answer"' in capsys.readouterr().out
+
+
+def test_demo_loads_the_preset_and_a_webcam_gives_real_times(tiny_cache, monkeypatch):
+    """`python app.py --model tiny-qwen3-vl`: the preset loads with the tiny expert and the random-weight
+    banner; webcam frames reach the memory at their arrival times, which the timestamps are made of."""
+    import time
+
+    import app
+    from memstream_demo.manager import SessionManager
+    from memstream_demo.state import Limits, Settings
+
+    monkeypatch.setenv("MEMSTREAM_CACHE", str(tiny_cache))
+    engine, banner = app.load_engine("tiny-qwen3-vl", "auto", "cpu")
+    assert isinstance(engine.backbone, qwen3_vl.Qwen3VLBackbone) and engine.expert_name == "tiny"
+    assert app.TINY_BANNER in banner
+    m = SessionManager(engine, Settings(policy="rekv", tokens_per_frame=8, fps=8.0, max_new_tokens=2),
+                       Limits(webcam_gap_s=5.0))
+    try:
+        s = m.get("cam")
+        for frame in random_frames(6, 48, 64, seed=6):
+            s.push_webcam(frame)
+            time.sleep(0.13)
+        deadline = time.monotonic() + 60
+        while s.status().get("blocks", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        blocks = s.streams[0].memory.blocks
+        assert len(blocks) == 3
+        times = [t for b in blocks for t in b.times]
+        assert times[0] == 0.0 and all(abs(t / 0.125 - round(t / 0.125)) > 1e-6 for t in times[1:])  # not k / fps
+        texts = [engine.backbone.tokenizer.decode(engine.backbone.block_text(b.times)[0]) for b in blocks]
+        assert texts == [qwen3_vl.timestamp_text(b.times) + "<|vision_start|>" for b in blocks]
+        assert any(p.done for _, _, p in s.ask(Q))
+    finally:
+        m.shutdown()
