@@ -21,8 +21,8 @@ TIMES = np.array([0.0, 1.3, 2.1, 3.9, 4.2, 5.9, 7.3, 8.2, 9.3, 9.9, 11.4, 12.6])
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_cache):
-    return memstream.load(model="tiny-qwen3-vl", device="cpu", cache_dir=str(tiny_cache))
+def engine(qwen3_engine):
+    return qwen3_engine
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,19 @@ def test_family_comes_from_the_checkpoint(engine, tiny_cache):
 
 
 def test_small_preset_has_2b_layer_shapes():
-    text, vision = qwen3_vl.SMALL.text, qwen3_vl.SMALL.vision
-    assert (text["hidden_size"], text["intermediate_size"], text["num_attention_heads"],
-            text["num_key_value_heads"], text["head_dim"]) == (2048, 6144, 16, 8, 128)
-    assert text["rope_parameters"]["mrope_section"] == [24, 20, 20]
-    assert (vision["hidden_size"], vision["intermediate_size"], vision["patch_size"]) == (1024, 4096, 16)
+    from transformers import Qwen3VLForConditionalGeneration
+
+    cfg = qwen3_vl.preset_config(qwen3_vl.SMALL, qwen3_vl.preset_tokenizer())
+    t, v = cfg.text_config, cfg.vision_config
+    assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers) == (2048, 6144, 4)
+    assert (t.num_attention_heads, t.num_key_value_heads, t.head_dim) == (16, 8, 128)
+    assert (v.depth, v.hidden_size, v.intermediate_size, v.num_heads, v.patch_size) == (4, 1024, 4096, 16, 16)
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = Qwen3VLForConditionalGeneration(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    assert 0.35e9 < params < 0.37e9  # 0.36 G, of which 0.16 G vision (4 mergers of 4096 x 4096 + 4096 x 2048)
+    assert model.model.language_model.layers[0].self_attn.k_proj.weight.shape == (8 * 128, 2048)
+    assert model.model.language_model.rotary_emb.mrope_section == [24, 20, 20]
     assert qwen3_vl.REAL_SHAPES["Qwen/Qwen3-VL-2B-Instruct"]["decoder_layers"] == 28
 
 
@@ -290,16 +298,29 @@ def test_compression_drops_deepstack_rows_with_their_tokens(engine, monkeypatch)
     assert stream.ask(Q, max_new_tokens=2).done
 
 
-def test_cli_takes_the_model(tiny_cache, monkeypatch, capsys, tmp_path):
+def test_cli_ask_eval_and_bench_take_the_model(tiny_cache, monkeypatch, capsys, tmp_path):
+    import json
+
     import videos
 
     from memstream.cli import main
 
     monkeypatch.setenv("MEMSTREAM_CACHE", str(tiny_cache))
+    model = ["--model", "tiny-qwen3-vl", "--tokens-per-frame", "8", "--device", "cpu"]
     path = videos.write_video(tmp_path / "clip.mp4", random_frames(4, 64, 64))
-    assert main(["ask", str(path), Q, "--model", "tiny-qwen3-vl", "--tokens-per-frame", "8",
-                 "--max-new-tokens", "2", "--json"]) == 0
-    assert '"answer"' in capsys.readouterr().out
+    assert main(["ask", str(path), Q, *model, "--max-new-tokens", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"] is not None
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps([{"video_id": "v", "video_path": "clip.mp4", "duration": 0.4, "conversations": [
+        {"question": "What moves?", "choices": ["a ball", "a car"], "answer": "a car"}]}]))
+    assert main(["eval", str(ann), "--video-root", str(tmp_path), "--out", str(tmp_path / "run.jsonl"), *model,
+                 "--max-new-tokens", "2", "--no-progress", "--json"]) == 0
+    assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 1
+    capsys.readouterr()
+    assert main(["bench", "ttft", "--policy", "rekv,hermes", "--budget", "20", "--minutes", "0.1", "--questions", "1",
+                 *model, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    assert [r["policy"] for r in rows] == ["rekv", "hermes"]
 
 
 def test_demo_loads_the_preset_and_a_webcam_gives_real_times(tiny_cache, monkeypatch):

@@ -25,7 +25,8 @@ Presets (offline random weights, same architecture):
 * `tiny-qwen3-vl`: hidden 64, 3 decoder layers, 4 query / 2 KV heads of 16; vision depth 3, width 32,
   DeepStack from vision layers 0 and 1 (added after decoder layers 0 and 1). What the tests use.
 * `small-qwen3-vl`: Qwen3-VL-2B-Instruct's layer shapes with 4 decoder layers (of 28) and 4 vision
-  blocks (of 24); `REAL_SHAPES` lists the full depths of 2B and 8B so a benchmark can scale.
+  blocks (of 24), 3 DeepStack mergers: about 0.36 G parameters (1.4 GB in float32). `REAL_SHAPES`
+  lists the full depths of 2B and 8B so a benchmark can scale.
 """
 
 from __future__ import annotations
