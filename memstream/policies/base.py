@@ -216,7 +216,7 @@ class Memory(ABC):
     @abstractmethod
     def ingest_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int],
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
-        """Append one block: visual tokens [n, hidden] at grid `grid` (gh, gw), frames at `times` (s).
+        """Append one block: visual tokens [n, hidden * (1 + D)] at grid `grid` (gh, gw), frames at `times` (s).
 
         `frame_embeds` [F, D]: the external expert's embeddings of the block's frames (None without an
         expert). `token_index` LongTensor [n]: the grid cells (row*gw+col) `tokens` are, when only some

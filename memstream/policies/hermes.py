@@ -224,7 +224,7 @@ class HermesMemory(Memory):
 
     def ingest_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int],
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
-        """Append one block (tokens [n, hidden]) to every layer; compress when a chunk is complete.
+        """Append one block (tokens [n, hidden * (1 + D)]) to every layer; compress when a chunk is complete.
 
         All-or-nothing: the next state of every layer is built aside (ingest forward, pseudo-query
         forwards, selection, compaction) and replaces the current one only when all of it succeeded.

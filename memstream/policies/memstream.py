@@ -118,7 +118,7 @@ class MemStreamMemory(RekvMemory):
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
         """Compress, then ingest as the window memory does (all-or-nothing), then update the references.
 
-        tokens [gh*gw, hidden]; frame_embeds [F, D] (needed when the memory has an expert).
+        tokens [gh*gw, hidden * (1 + D)]; frame_embeds [F, D] (needed when the memory has an expert).
         `token_index` may be given only with compression off (compression chooses the cells itself).
         """
         cells = grid[0] * grid[1]

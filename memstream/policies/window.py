@@ -58,7 +58,7 @@ class WindowMemory(Memory):
     # ---- ingestion ----------------------------------------------------------------------------
     def ingest_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int],
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
-        """Append one block (tokens [n, hidden]); positions, window, store and representative keys change
+        """Append one block (tokens [n, hidden * (1 + D)]); positions, window, store and representative keys change
         only after the forward succeeded in every layer."""
         saved = self.positions.save()
         block = self.prepare_block(tokens, times, grid, token_index)  # rows [S]: text + visual tokens
