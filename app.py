@@ -1,6 +1,6 @@
 """The web demo's entry point (a Hugging Face Space runs this file); the page is `memstream_demo`.
 
-    python app.py [--model ID|tiny|tiny-smolvlm2] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
+    python app.py [--model ID|tiny] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
                   [--server-name 0.0.0.0] [--server-port 7860 (or $PORT)] [--share]
                   [--max-sessions 8] [--session-memory-mb 4096] [--idle-timeout 1800]
 
@@ -25,11 +25,6 @@ TINY_BANNER = ("**Answers come from a tiny random-weight model**, so they are no
                "and the heatmaps work exactly as with the real model.")
 
 
-def is_preset(model: str | None) -> bool:
-    """Whether `model` names an offline random-weight preset ("tiny", "tiny-smolvlm2", ...)."""
-    return model in PRESETS
-
-
 def _add_expert(engine: memstream.Engine, expert: str | None) -> str:
     """Give the engine its external expert; if that fails, go on without one and say so."""
     if expert is None:
@@ -48,7 +43,7 @@ def _expert_for(model: str | None, expert: str | None) -> str | None:
     if expert in (None, "none"):
         return None
     if expert == "auto":
-        return "tiny" if is_preset(model) else "clip-b32"
+        return "tiny" if model in PRESETS else "clip-b32"  # random weights get the random expert
     return expert
 
 
@@ -58,13 +53,13 @@ def load_engine(model: str | None, expert: str | None, device: str) -> tuple[mem
     try:
         engine = memstream.load(model=model, device=device)
     except memstream.MemStreamError as exc:
-        if is_preset(model):
+        if model in PRESETS:  # an offline preset that fails has nothing to fall back to
             raise
         print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
         notes.append(f"The real model could not be loaded ({exc})")
         model, engine = "tiny", memstream.load(model="tiny", device=device)
     notes.append(_add_expert(engine, _expert_for(model, expert)))
-    if is_preset(model):
+    if model in PRESETS:  # every preset has random weights (tiny, tiny-qwen3-vl, ...)
         notes.append(TINY_BANNER)
     return engine, " ".join(n for n in notes if n)
 

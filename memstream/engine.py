@@ -210,7 +210,7 @@ class Stream:
         t0 = time.perf_counter()
         per = self._bb.spec.frames_per_block
         frames = np.stack([f for f, _, _ in pairs])  # [per * k, H, W, 3] at the LLM's token budget
-        tokens = self._bb.encode_blocks(frames)  # [k, n, hidden]
+        tokens = self._bb.encode_blocks(frames)  # [k, n, hidden * (1 + D)]
         # the expert sees the frames as they were added (its preprocessing resizes them to its own input),
         # batched here so that nothing of it is left for question time
         embeds = None if self.expert is None else \
@@ -222,9 +222,8 @@ class Stream:
             times = tuple(t for _, t, _ in pairs[per * i: per * i + (real or per)])
             while self._waiting:  # a question is queued: let it take the lock first
                 time.sleep(0.0005)
-            block, grid = self._bb.frame_block(tokens[i], times, self.grid)  # with any per-frame text
             with self._lock:
-                self.memory.ingest_block(block, times, grid,
+                self.memory.ingest_block(tokens[i], times, self.grid,
                                          frame_embeds=None if embeds is None else embeds[i, : len(times)])
                 self._frames_in_blocks += len(times)
         if self.sync is not None:

@@ -119,7 +119,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model: str = "tiny") -
     """--model, --expert and --device: what `memstream.load` takes."""
     parser.add_argument("--model", default=model,
                         help=f"an offline random-weight preset ({', '.join(PRESETS)}), a hub id or a local "
-                             f"directory (default: {model})")
+                             f"directory of any registered family (default: {model})")
     needing = ", ".join(p for p in policy_names() if policy_spec(p).needs_expert)
     parser.add_argument("--expert", default="none",
                         help="external retrieval expert: clip-b32, pe-core-b16, tiny (offline random) or none; "

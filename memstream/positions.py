@@ -1,5 +1,9 @@
 """M-RoPE positions of Qwen2.5-VL, computed incrementally as a stream grows.
 
+`PositionTracker` is also the interface every backbone's tracker follows (`Backbone.position_tracker`):
+the policies hand out, move and compact positions only through its methods, so a family with another
+rule (Qwen3-VL's running counter, `backbones/qwen3_vl.py`) subclasses it.
+
 Every LLM token has a 3-component position (t, h, w). Text tokens have t = h = w = p, one step
 per token. The tokens of video block i (a `gh x gw` grid of merged 28x28-pixel patches spanning two
 frames) get
@@ -62,41 +66,35 @@ def block_max_position(video_start: int, t_offset: int, gh: int, gw: int) -> int
     return video_start + max(t_offset, gh - 1, gw - 1)
 
 
-def ranked_positions(pos: torch.Tensor, start: int) -> torch.Tensor:
-    """Compaction as released: each position component of the held tokens replaced by its rank among
-    that component's distinct values, counted from `start`: pos LongTensor [P, n] -> [P, n].
-
-    E.g. t values (20, 20, 28, 36) -> (s, s, s+1, s+2); h and w are ranked the same way on their own.
-    """
-    out = torch.empty_like(pos)
-    for d in range(pos.shape[0]):
-        _, rank = torch.unique(pos[d], sorted=True, return_inverse=True)
-        out[d] = start + rank
-    return out
-
-
 class PositionTracker:
     """Hands out positions for: sinks (text) -> blocks (video) -> question (text), incrementally.
 
     `next_text` is where text would start if the video ended now: (max position so far) + 1.
+    Positions are LongTensors [P, n] (P = 3 M-RoPE components for the Qwen families).
     """
+
+    components = 3  # P: position components per token
 
     def __init__(self, interval: float):
         self.interval = interval
         self.video_start: int | None = None  # set by the first block
         self.next_text = 0  # (max position used so far) + 1
-        self.blocks = 0
+        self.blocks = 0  # the next block's temporal slot
 
     def text(self, n: int) -> torch.Tensor:
-        """Positions for `n` text tokens before the video (sinks): [3, n]."""
+        """Positions for `n` text tokens before the video (sinks): [P, n]."""
         if self.video_start is not None:
             raise RuntimeError("text after the video belongs to the question; use question_start()")
         pos = text_positions(self.next_text, n)
         self.next_text += n
         return pos
 
-    def block(self, gh: int, gw: int) -> tuple[torch.Tensor, int]:
-        """Positions of the next block, [3, gh*gw], and its temporal offset from the video start."""
+    def block(self, gh: int, gw: int, n_before: int = 0, n_after: int = 0) -> tuple[torch.Tensor, int]:
+        """Positions of the next block, [P, n_before + gh*gw + n_after], and its temporal offset from the
+        video start. `n_before` / `n_after`: text tokens the backbone frames each block with
+        (`Backbone.block_text`); Qwen2.5-VL has none."""
+        if n_before or n_after:
+            raise ValueError("Qwen2.5-VL blocks carry no text of their own")
         if self.video_start is None:
             self.video_start = self.next_text
         t_off = block_t_offset(self.blocks, self.interval)
@@ -106,87 +104,63 @@ class PositionTracker:
         return pos, t_off
 
     def text_at(self, start: int, n: int) -> torch.Tensor:
-        """Positions of `n` text tokens from `start` on (a question, an answer step): [3, n]."""
+        """Positions of `n` text tokens from `start` on (a question, an answer step): [P, n]."""
         return text_positions(start, n)
 
+    def save(self) -> tuple:
+        """The tracker's state, for `restore` after a failed ingest."""
+        return self.video_start, self.next_text, self.blocks
+
+    def restore(self, state: tuple) -> None:
+        self.video_start, self.next_text, self.blocks = state
+
+    # ---- compact layouts (rekv positions "compact", hermes compaction) -------------------------
     def compact_question_start(self, n_blocks: int, gh: int, gw: int) -> int:
         """Where the question starts when `n_blocks` retrieved blocks sit in slots 0..n_blocks-1."""
         assert self.video_start is not None
-        return self.block_end(block_t_offset(n_blocks - 1, self.interval), gh, gw) + 1
+        t_last = block_t_offset(n_blocks - 1, self.interval)
+        return block_max_position(self.video_start, t_last, gh, gw) + 1
 
-    # The three rules below are what a policy that moves or summarises tokens needs to know about the
-    # position scheme (hermes' compaction, summaries and position limit); a backbone whose positions
-    # count differently (`LinearPositionTracker`) overrides them.
-    def next_block_offset(self) -> int:
-        """The temporal offset the next block would get."""
-        return block_t_offset(self.blocks, self.interval)
+    def slot_delta(self, t_offset: int, slot: int, n: int) -> torch.Tensor:
+        """Position change [P, n] that moves the `n` stored tokens of a block with temporal offset
+        `t_offset` to compact slot `slot`: only the temporal component moves."""
+        delta = torch.zeros(3, n, dtype=torch.long)
+        delta[0] = block_t_offset(slot, self.interval) - t_offset
+        return delta
 
-    def block_end(self, t_offset: int, gh: int, gw: int) -> int:
-        """The position text after a block at `t_offset` must pass (M-RoPE: its largest component)."""
-        assert self.video_start is not None
-        return block_max_position(self.video_start, t_offset, gh, gw)
-
-    def extent(self, pos: torch.Tensor) -> torch.Tensor:
-        """How far along the text axis each position [3, n] reaches: [n] (M-RoPE: the largest component)."""
-        return pos.max(dim=0).values
-
-    def ranked(self, pos: torch.Tensor, start: int) -> torch.Tensor:
-        """Held positions [3, n] re-indexed densely from `start` (hermes' released compaction): [3, n]."""
-        return ranked_positions(pos, start)
-
-
-class LinearPositionTracker(PositionTracker):
-    """1-D RoPE positions (one index per token), written in the same 3-component form so that every
-    policy handles them unchanged: text at (p, p, p), token j of a block of n tokens at
-    (s + t_offset, s + j, s), and the 1-D position is `linear(pos) = t + h - w`.
-
-    So a shift of the temporal component (rekv's compact slots, hermes' compaction) moves a whole block
-    along the 1-D axis, a summary at (m, m, m) sits at m, and re-rotating a key by a delta [3, n] is
-    re-rotating it by `linear(delta)` (the map is linear). Blocks are packed one after the other:
-    block i starts where the previous one ended (`t_offset` = tokens before it), and `interval` (the
-    slot width of compact layouts) is the largest block seen. A block's grid is (n, 1): n tokens in
-    one column (`Backbone.block_grid`).
-
-    Worked example (20 sink tokens, blocks of 7 tokens):
-
-        block  token range  t_offset  positions (t, h, w)        1-D positions
-        0      20..26       0         (20, 20..26, 20)           20..26
-        1      27..33       7         (27, 27..33, 27)           27..33
-        question text starts at 34, one step per token.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(interval=0.0)
-
-    @staticmethod
-    def linear(pos: torch.Tensor) -> torch.Tensor:
-        """The 1-D positions of 3-component positions [3, ...] -> [...]."""
-        return pos[0] + pos[1] - pos[2]
-
-    def block(self, gh: int, gw: int) -> tuple[torch.Tensor, int]:
+    def next_block_max(self, gh: int, gw: int) -> int:
+        """The largest position component the next block would get (the position limit's test)."""
         if self.video_start is None:
-            self.video_start = self.next_text
-        n = gh * gw
-        t_off = self.next_block_offset()
-        pos = block_positions(self.video_start, t_off, n, 1)  # [3, n]: (s + t_off, s + j, s)
-        self.next_text = self.video_start + t_off + n
-        self.interval = max(self.interval, float(n))
-        self.blocks += 1
-        return pos, t_off
+            return self.next_text + max(gh, gw) - 1
+        return block_max_position(self.video_start, block_t_offset(self.blocks, self.interval), gh, gw)
 
-    def next_block_offset(self) -> int:
-        return 0 if self.video_start is None else self.next_text - self.video_start
+    def slot_layout(self, pos: torch.Tensor, block: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+        """Held tokens (positions [P, n], their blocks [n] in time order) moved so that the held blocks
+        take temporal slots 0, 1, ...: the new positions [P, n]. A token of `whole` [n] (a summary token)
+        moves in every component, the others in the temporal one only."""
+        blocks, slot = torch.unique(block, return_inverse=True)  # slot: [n], 0-based, time order
+        new_t = torch.tensor([self.video_start + block_t_offset(j, self.interval) for j in range(blocks.numel())],
+                             dtype=torch.long)[slot]
+        shift = new_t - pos[0]
+        delta = torch.zeros_like(pos)
+        delta[0] = shift
+        delta[:, whole] = shift[whole]
+        return pos + delta
 
-    def block_end(self, t_offset: int, gh: int, gw: int) -> int:
-        assert self.video_start is not None
-        return self.video_start + t_offset + gh * gw - 1
-
-    def extent(self, pos: torch.Tensor) -> torch.Tensor:
-        return self.linear(pos)
-
-    def ranked(self, pos: torch.Tensor, start: int) -> torch.Tensor:
-        """Each held token's 1-D position -> start + its rank among the distinct ones, as (p, start, start)."""
-        _, rank = torch.unique(self.linear(pos), sorted=True, return_inverse=True)
-        out = torch.full_like(pos, start)
-        out[0] = start + rank
-        return out
+    def resume(self, held: list[torch.Tensor], gh: int, gw: int, ranked: bool, floor: int) -> None:
+        """After a compaction: the next block takes the first temporal slot after every held token
+        (positions `held`, [P, n] per layer) and the next text follows the largest position held (or
+        the next block's largest; never below `floor`). `ranked`: h and w were re-indexed too, so only
+        what is held counts."""
+        start, interval = self.video_start, self.interval
+        top_t = max((int(p[0].max()) for p in held), default=start - 1) - start  # temporal offset to pass
+        slot = max(0, math.ceil((top_t + 1) / interval - 1e-9))
+        while block_t_offset(slot, interval) <= top_t:
+            slot += 1
+        while slot > 0 and block_t_offset(slot - 1, interval) > top_t:
+            slot -= 1
+        self.blocks = slot
+        last = block_max_position(start, block_t_offset(slot - 1, interval), gh, gw) if slot else start - 1
+        if ranked:
+            last = max((int(p.max()) for p in held), default=start - 1)
+        self.next_text = max(floor, last + 1, max((int(p.max()) + 1 for p in held), default=0))

@@ -10,7 +10,6 @@ import torch
 
 import memstream
 from memstream.backbones import smolvlm
-from memstream.positions import LinearPositionTracker
 
 Q = "What is there?"
 TIMES = [0.0, 1.4, 2.0, 59.9, 61.0, 125.5, 126.0]  # real, uneven frame times (a webcam's arrivals)
@@ -75,17 +74,18 @@ def test_prompt_and_positions_equal_a_hand_computation(smol):
     assert bb.frame_size(480, 640, 16) == (64, 64)  # square: 4 x 4 tokens of 16 px
     stream = ingest(smol, random_frames(3, 48, 48), tokens_per_frame=16)
     sink = len(bb.tokenize(smolvlm.CHAT.sink))
-    per = len(before) + 16 + len(after)  # 18 text tokens + 16 visual + 1 marker, every block the same
-    assert [b.grid for b in stream.memory.blocks] == [(per, 1)] * 3
-    assert [b.t_offset for b in stream.memory.blocks] == [0, per, 2 * per]
+    per = len(before) + 16 + len(after)  # 18 text + 2 marker tokens, 16 visual, 1 marker: every block the same
+    blocks = stream.memory.blocks
+    assert [(b.grid, b.n_tokens, b.text_rows) for b in blocks] == [((4, 4), per, (len(before), 1))] * 3
+    assert [b.t_offset for b in blocks] == [0, per, 2 * per]
     assert stream.memory.question_start() == sink + 3 * per
-    # the tracker's positions, in 1-D: sink 0..sink-1, block i from sink + i * per, one step per token
-    tracker = LinearPositionTracker()
+    # the tracker's positions: sink 0..sink-1, block i from sink + i * per, one step per token
+    tracker = smolvlm.LinearPositionTracker()
     text = tracker.text(sink)
-    blocks = [tracker.block(per, 1)[0] for _ in range(3)]
-    flat = LinearPositionTracker.linear(torch.cat([text, *blocks], dim=1))
-    assert flat.tolist() == list(range(sink + 3 * per))
-    assert blocks[1][:, 0].tolist() == [sink + per, sink, sink]  # (s + t_offset, s + j, s) with s = sink
+    pos = [tracker.block(4, 4, len(before), len(after))[0] for _ in range(3)]
+    assert torch.cat([text, *pos], dim=1).tolist() == [list(range(sink + 3 * per))]
+    assert tracker.compact_question_start(2, 4, 4) == sink + 2 * per  # two retrieved blocks in slots 0, 1
+    assert tracker.slot_delta(2 * per, 1, per).tolist() == [[-per] * per]  # block 2 to slot 1
 
 
 def test_rekv_retrieving_everything_equals_full(smol):
@@ -97,8 +97,8 @@ def test_rekv_retrieving_everything_equals_full(smol):
         assert got.token_ids == full.token_ids
 
 
-def test_rotate_keys_moves_along_the_1d_axis_exactly(smol):
-    """A delta [3, n] in memstream's form moves a key by t + h - w positions: equal to RoPE applied there."""
+def test_rotate_keys_moves_keys_exactly(smol):
+    """Re-rotating keys by a delta [1, n] equals applying RoPE at the new positions."""
     bb = smol.backbone
     raw = torch.randn(1, 2, 5, bb.spec.head_dim)  # pre-RoPE keys [1, Hkv, n, d]
 
@@ -107,11 +107,10 @@ def test_rotate_keys_moves_along_the_1d_axis_exactly(smol):
         half = raw.shape[-1] // 2
         return raw * cos[0] + torch.cat((-raw[..., half:], raw[..., :half]), dim=-1) * sin[0]
 
-    old = torch.tensor([[30, 30, 30, 30, 44], [20, 21, 22, 23, 44], [20, 20, 20, 20, 44]])  # a block + a text token
-    delta = torch.zeros_like(old)
-    delta[0] = torch.tensor([-10, -10, -10, -10, 3])  # the block to an earlier slot; the text token on by 3
-    moved = bb.rotate_keys(rope_at(LinearPositionTracker.linear(old)), delta)
-    expected = rope_at(LinearPositionTracker.linear(old + delta))
+    old = torch.tensor([[30, 31, 32, 33, 44]])  # four tokens of a block and a text token
+    delta = torch.tensor([[-10, -10, -10, -10, 3]])  # the block to an earlier slot; the text token on by 3
+    moved = bb.rotate_keys(rope_at(old[0]), delta)
+    expected = rope_at((old + delta)[0])
     assert (moved - expected).abs().max().item() < 1e-5
 
 
@@ -133,12 +132,12 @@ def test_every_policy_ingests_answers_and_traces(tiny_cache, policy, options):
     assert stream.stats()["blocks"] == 7
 
 
-@pytest.mark.parametrize("compaction,room,frames", [("ranks", 400, 14), ("slots", 800, 24)])
+@pytest.mark.parametrize("compaction,room,frames", [("ranks", 400, 14), ("slots", 400, 14)])
 def test_hermes_compaction_keeps_1d_positions_distinct(smol, compaction, room, frames):
     """Past the position limit hermes re-indexes what it holds: on 1-D positions every held token keeps a
     position of its own, below where the question starts, and the stream still answers. The stream may use
-    positions < room: sinks 74 + at most 60 held + 2 x 37 of a chunk + the next block (ranks); "slots"
-    gives every held block its whole 37-position width again, so it needs more room."""
+    positions < room: sinks 74 + at most 60 held + 2 x 37 of a chunk + the next block; on 1-D positions
+    "slots" is the same dense re-indexing as "ranks"."""
     limit = smol.backbone.spec.max_positions
     stream = ingest(smol, random_frames(frames, 48, 48, seed=6), "hermes", budget=60, chunk_frames=2,
                     compact_margin=limit - room, compaction=compaction, times=[float(i) for i in range(frames)])
@@ -146,6 +145,6 @@ def test_hermes_compaction_keeps_1d_positions_distinct(smol, compaction, room, f
     assert mem.compactions > 0
     start = mem.question_start()
     for state in mem.layers:
-        flat = LinearPositionTracker.linear(state.pos)
-        assert flat.unique().numel() == flat.numel() and int(flat.max()) < start < room
+        flat = state.pos[0]  # [n] 1-D positions
+        assert state.pos.shape[0] == 1 and flat.unique().numel() == flat.numel() and int(flat.max()) < start < room
     assert stream.ask(Q, max_new_tokens=2).blocks_seen == frames

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..loading import hub_reachable, resolve_device
-from . import qwen2_5_vl, smolvlm
+from . import qwen2_5_vl, qwen3_vl, smolvlm
 from .base import Backbone, BackboneSpec, Capture, ChatTemplate, KVCache
 from .family import Family
 from .presets import Preset, build_checkpoint
@@ -27,9 +27,7 @@ __all__ = ["Backbone", "BackboneSpec", "Capture", "ChatTemplate", "KVCache", "Fa
            "DEFAULT_CUDA_MODEL", "DEFAULT_CPU_MODEL"]
 
 DEFAULT_CUDA_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-# Without CUDA: SmolVLM2-500M, picked from `bench live` (BENCHMARKS.md, "Live rate on a CPU"): it costs
-# about what 256M costs per frame on a 2-core CPU (the same vision tower; the decoder is a small share), answers
-# from a 360M-parameter decoder, and 2.2B / Qwen2.5-VL-3B are several times slower per frame.
+# Without CUDA: SmolVLM2-500M, picked from `bench live` (BENCHMARKS.md, "Live rate on a CPU").
 DEFAULT_CPU_MODEL = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
 
 FAMILIES: dict[str, Family] = {}  # model_type -> family
@@ -46,6 +44,7 @@ def register_backbone(family: Family) -> None:
 
 
 register_backbone(qwen2_5_vl.FAMILY)
+register_backbone(qwen3_vl.FAMILY)
 register_backbone(smolvlm.FAMILY)
 
 

@@ -10,8 +10,8 @@ and its chat template):
 * The vision tower (SigLIP) encodes each frame alone; the connector's pixel shuffle needs a square
   patch grid, so frames are resized to a square of side `g * patch * scale_factor` with g * g tokens.
   The real processor uses 512 px (64 tokens) on 256M/500M and 384 px (81 tokens) on 2.2B.
-* Positions are 1-D RoPE (a Llama decoder); memstream writes them in its 3-component form
-  (`positions.LinearPositionTracker`: 1-D position = t + h - w), so every policy works unchanged.
+* Positions are 1-D RoPE (a Llama decoder): `LinearPositionTracker` below hands out [1, n] positions,
+  one step per token, blocks packed one after the other; the policies move them through its methods.
 * The chat: `<|im_start|>User: ` + the video prompt's intro + frames + `\\n\\n` + question +
   `<end_of_utterance>\\nAssistant:`. The intro of the real prompt names the frame count and the
   duration, which a live stream does not know yet: ours says "a live video" instead.
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .. import attention
-from ..positions import LinearPositionTracker, PositionTracker
+from ..positions import PositionTracker
 from . import presets
 from .base import Backbone, BackboneSpec, ChatTemplate, KVCache
 from .family import Family
@@ -98,6 +98,67 @@ SMALL_2_2B = _small("small-smolvlm2-2.2b", dict(
 REAL_DEPTHS = {"small-smolvlm2-256m": (30, 12), "small-smolvlm2-500m": (32, 12), "small-smolvlm2-2.2b": (24, 27)}
 # The real processors' tokens per frame (a 512-px frame at scale 4; a 384-px frame at scale 3).
 NATIVE_TOKENS_PER_FRAME = {"small-smolvlm2-256m": 64, "small-smolvlm2-500m": 64, "small-smolvlm2-2.2b": 81}
+
+
+class LinearPositionTracker(PositionTracker):
+    """1-D positions ([1, n]): one step per token, text and blocks alike, each block right after the last.
+
+    A block's `t_offset` is the number of positions before it since the video start; `interval`, the
+    width of a compact slot, is the largest block seen (blocks of one stream have the same size unless a
+    timestamp grows a digit). Compact layouts (rekv's slots) put block j at video start + j * interval.
+    Hermes' compaction re-indexes held tokens densely in order: 1-D positions have no temporal slots, so
+    "slots" and "ranks" coincide.
+
+    Worked example (20 sink tokens, blocks of 7 tokens): block 0 at 20..26 (t_offset 0), block 1 at 27..33
+    (t_offset 7); the question starts at 34.
+    """
+
+    components = 1
+
+    def __init__(self) -> None:
+        super().__init__(interval=0.0)
+
+    def text(self, n: int) -> torch.Tensor:
+        if self.video_start is not None:
+            raise RuntimeError("text after the video belongs to the question; use question_start()")
+        pos = self.text_at(self.next_text, n)
+        self.next_text += n
+        return pos
+
+    def text_at(self, start: int, n: int) -> torch.Tensor:
+        return torch.arange(start, start + n, dtype=torch.long).unsqueeze(0)  # [1, n]
+
+    def block(self, gh: int, gw: int, n_before: int = 0, n_after: int = 0) -> tuple[torch.Tensor, int]:
+        if self.video_start is None:
+            self.video_start = self.next_text
+        n = n_before + gh * gw + n_after
+        t_off = self.next_text - self.video_start
+        pos = self.text_at(self.next_text, n)  # [1, n]
+        self.next_text += n
+        self.interval = max(self.interval, float(n))
+        self.blocks += 1
+        return pos, t_off
+
+    def slot_start(self, slot: int) -> int:
+        """Offset from the video start of compact slot `slot`."""
+        return int(slot * self.interval)
+
+    def compact_question_start(self, n_blocks: int, gh: int, gw: int) -> int:
+        assert self.video_start is not None
+        return self.video_start + self.slot_start(n_blocks)
+
+    def slot_delta(self, t_offset: int, slot: int, n: int) -> torch.Tensor:
+        return torch.full((1, n), self.slot_start(slot) - t_offset, dtype=torch.long)
+
+    def next_block_max(self, gh: int, gw: int) -> int:
+        return self.next_text + max(int(self.interval), gh * gw) - 1
+
+    def slot_layout(self, pos: torch.Tensor, block: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+        _, rank = torch.unique(pos[0], sorted=True, return_inverse=True)
+        return (self.video_start + rank).unsqueeze(0)
+
+    def resume(self, held: list[torch.Tensor], gh: int, gw: int, ranked: bool, floor: int) -> None:
+        self.next_text = max(floor, self.video_start, max((int(p.max()) + 1 for p in held), default=0))
 
 
 def preset_tokenizer():
@@ -162,6 +223,7 @@ class SmolVLMBackbone(Backbone):
             default_tokens_per_frame=(vcfg.image_size // (vcfg.patch_size * model.config.scale_factor)) ** 2,
         )
         self.lm = model.model.text_model
+        self.decoder_layers = self.lm.layers
         model.set_attn_implementation({"text_config": attention.ATTENTION_NAME, "vision_config": "sdpa"})
         self.install_capture_hooks(self.lm.layers)
         self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids("<end_of_utterance>"), tokenizer.eos_token_id)
@@ -198,21 +260,7 @@ class SmolVLMBackbone(Backbone):
         """Token ids before and after a frame's visual tokens (its timestamp and image markers)."""
         return self.tokenize(frame_text(times[0])) + self._before_image, self._after_image
 
-    def block_grid(self, times: tuple[float, ...], grid: tuple[int, int]) -> tuple[int, int]:
-        before, after = self.block_text(times)
-        return len(before) + grid[0] * grid[1] + len(after), 1
-
-    def frame_block(self, tokens: torch.Tensor, times: tuple[float, ...],
-                    grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """visual tokens [n, hidden] -> [text + n + text, hidden], grid (that length, 1)."""
-        before, after = self.block_text(times)
-        block = torch.cat([self.embed(before), tokens.to(self.dtype), self.embed(after)])
-        return block, (block.shape[0], 1)
-
     # ---- text and decoder ---------------------------------------------------------------------
-    def decoder_layers(self) -> torch.nn.ModuleList:
-        return self.lm.layers  # the SigLIP layers have a `self_attn` too: no search by shape
-
     @torch.inference_mode()
     def embed(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
@@ -221,9 +269,9 @@ class SmolVLMBackbone(Backbone):
     @torch.inference_mode()
     def run_decoder(self, embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                     logits: bool = True) -> torch.Tensor | None:
-        """embeds [S, hidden], positions [3, S] (memstream's form) -> logits of the last token [vocab] or None."""
+        """embeds [S, hidden], positions [1, S] -> logits of the last token [vocab] (float32) or None."""
         h = embeds.unsqueeze(0).to(self.dtype)  # [1, S, hidden]
-        pos = LinearPositionTracker.linear(positions).to(self.device).unsqueeze(0)  # [1, S]
+        pos = positions.to(self.device)  # [1, S]: the batch of one
         rope = self.lm.rotary_emb(h, pos)
         for layer in self.lm.layers:
             h = layer(h, attention_mask=None, position_embeddings=rope, past_key_values=cache, use_cache=True)
@@ -233,10 +281,8 @@ class SmolVLMBackbone(Backbone):
         return self.model.lm_head(last)[0].float()
 
     def rotate_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Move post-RoPE keys [..., S, d] by delta [3, S] (memstream's form): a rotation by the 1-D
-        delta, exact since RoPE rotations compose."""
-        d1 = LinearPositionTracker.linear(delta.to(keys.device)).unsqueeze(0)  # [1, S]
-        cos, sin = self.lm.rotary_emb(keys, d1)  # [1, S, d]
+        """Move post-RoPE keys [..., S, d] by delta [1, S]: RoPE rotations compose, so this is exact."""
+        cos, sin = self.lm.rotary_emb(keys, delta.to(keys.device))  # [1, S, d]
         cos, sin = cos[0].to(keys.dtype), sin[0].to(keys.dtype)
         half = keys.shape[-1] // 2
         rotated_half = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
@@ -244,21 +290,20 @@ class SmolVLMBackbone(Backbone):
 
     # ---- the oracle ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def stock_forward(self, before: list[int], frames: np.ndarray, after: list[int],
-                      positions: torch.Tensor, block_times: list[tuple[float, ...]] | None = None,
-                      ) -> tuple[torch.Tensor, Any]:
+    def stock_forward(self, before: list[int], frames: np.ndarray, times: list[tuple[float, ...]],
+                      after: list[int], positions: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """`SmolVLMForConditionalGeneration.forward` over before + each frame's prompt (timestamp, markers,
         <image> x n) + after, with all frames through its own vision tower at once."""
-        if block_times is None or len(block_times) != len(frames):
+        if len(times) != len(frames):
             raise ValueError("SmolVLM2's prompt needs every frame's time")
         n = (frames.shape[1] // self.spec.pixels_per_token) ** 2
         ids = list(before)
-        for times in block_times:
-            pre, post = self.block_text(times)
+        for block_times in times:
+            pre, post = self.block_text(block_times)
             ids += pre + [self.image_token_id] * n + post
         ids += after
         out = self.model(input_ids=torch.tensor([ids], device=self.device), pixel_values=self.pixels(frames),
-                         position_ids=LinearPositionTracker.linear(positions).unsqueeze(0).to(self.device),
+                         position_ids=positions.to(self.device),
                          use_cache=True)
         return out.logits[0, -1].float(), out.past_key_values
 

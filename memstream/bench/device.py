@@ -41,6 +41,11 @@ POLICIES = {"rekv": {}, "memstream-internal": {}, "hermes": {}}  # policy -> opt
 TINY_POLICIES = {"rekv": {}, "memstream-internal": {}, "hermes": {"budget": 64, "chunk_frames": 4}}
 # name -> (preset of the real shapes, real decoder layers, real vision layers)
 MODELS = {"qwen2.5-vl-7b": ("small-7b", 28, 32), "smolvlm2-2.2b": ("small-smolvlm2-2.2b", 24, 27)}
+# Layer shapes that differ from a preset's (Qwen3-VL-8B's from qwen3_vl.REAL_SHAPES: small-qwen3-vl is 2B).
+SHAPES = {"small-qwen3-vl": ("8B", dict(hidden_size=4096, intermediate_size=12288, num_attention_heads=32,
+                                        num_key_value_heads=8),
+                             dict(hidden_size=1152, intermediate_size=4304, out_hidden_size=4096,
+                                  deepstack_visual_indexes=[8, 16, 24]))}
 TINY_MODELS = {"tiny-qwen2.5-vl": ("tiny", 2, 2), "tiny-smolvlm2": ("tiny-smolvlm2", 2, 2)}
 QUESTION = "What happened just before the end?"
 
@@ -71,12 +76,10 @@ def models(tiny: bool, log=print) -> dict[str, tuple[str, int, int]]:
     chosen = dict(TINY_MODELS if tiny else MODELS)
     if tiny:
         return chosen
-    qwen3 = FAMILIES.get("qwen3_vl")
-    eight = [n for n in (qwen3.presets if qwen3 else {}) if "8b" in n.lower()]
-    if eight:
-        chosen["qwen3-vl-8b"] = (eight[0], 36, 27)
+    if "qwen3_vl" in FAMILIES and "small-qwen3-vl" in PRESETS:
+        chosen["qwen3-vl-8b"] = ("small-qwen3-vl", 36, 27)
     else:
-        log("skipped Qwen3-VL-8B: no qwen3_vl family with an 8B-shaped preset is registered")
+        log("skipped Qwen3-VL-8B: the qwen3_vl family (preset small-qwen3-vl) is not registered")
     return chosen
 
 
@@ -85,8 +88,9 @@ def build_engine(preset_name: str, layers: int, vision_layers: int, device: str,
     family = PRESETS[preset_name]
     preset = family.presets[preset_name]
     depth_key = "depth" if "depth" in preset.vision else "num_hidden_layers"
-    full = dataclasses.replace(preset, text=dict(preset.text, num_hidden_layers=layers),
-                               vision=dict(preset.vision, **{depth_key: vision_layers}))
+    _, text, vision = SHAPES.get(preset_name, ("", {}, {}))
+    full = dataclasses.replace(preset, text=dict(preset.text, **text, num_hidden_layers=layers),
+                               vision=dict(preset.vision, **vision, **{depth_key: vision_layers}))
     tokenizer = family.make_tokenizer()
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -205,7 +209,7 @@ def fill_synthetic(stream, n_blocks: int) -> None:
     last = mem.blocks[-1]
     n = last.n_tokens
     for _ in range(n_blocks):
-        pos, t_off, _ = mem.reserve_positions(*last.grid)
+        _, t_off = mem.positions.block(*last.grid, *last.text_rows)  # positions advanced as an ingest would
         cache = IngestCache(spec.n_layers, lambda layer: None)
         for layer in range(spec.n_layers):
             k, v = (torch.randn(1, spec.n_kv_heads, n, spec.head_dim, device=bb.device, dtype=bb.dtype)
@@ -213,7 +217,7 @@ def fill_synthetic(stream, n_blocks: int) -> None:
             cache.new[layer] = (k, v)
             cache.keys_free[layer] = k[0].transpose(0, 1)  # [n, Hkv, d]
         t = mem.blocks[-1].times[-1] + spec.frames_per_block
-        mem.commit(cache, BlockInfo(len(mem.blocks), (t,), n, t_off, last.grid, last.token_index))
+        mem.commit(cache, BlockInfo(len(mem.blocks), (t,), n, t_off, last.grid, last.token_index, last.text_rows))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

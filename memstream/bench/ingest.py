@@ -68,7 +68,7 @@ def measure_ingest(engine: Engine, policy: str, blocks: int, *, tokens_per_frame
     per_block: list[float] = []
     in_probes: list[float] = []  # each block's seconds over its neighbouring probe's
     size = engine.backbone.frame_size(video.height, video.width, tokens_per_frame)  # what the stream will use
-    per = engine.backbone.spec.frames_per_block  # frames of one block (Qwen2.5-VL 2, SmolVLM2 1)
+    per = engine.backbone.spec.frames_per_block  # frames of one block (Qwen 2, SmolVLM2 1)
     probe_pair = resize_frames(video.frames(0, per), size)
 
     def probe() -> torch.Tensor:

@@ -41,8 +41,9 @@ from .common import SyntheticVideo, apply_threads, emit, machine
 
 # (decoder layers, vision layers) of the checkpoints the real-shape presets stand for.
 # small: Qwen2.5-VL-3B-Instruct (36 decoder layers, 32 vision blocks; its config.json on the hub).
-REAL_DEPTHS: dict[str, tuple[int, int]] = {"small": (36, 32), **smolvlm.REAL_DEPTHS}
-DEFAULT_MODELS = "small-smolvlm2-256m,small-smolvlm2-500m,small-smolvlm2-2.2b,small"
+# small-qwen3-vl: Qwen3-VL-2B-Instruct (qwen3_vl.REAL_SHAPES).
+REAL_DEPTHS: dict[str, tuple[int, int]] = {"small": (36, 32), "small-qwen3-vl": (28, 24), **smolvlm.REAL_DEPTHS}
+DEFAULT_MODELS = "small-smolvlm2-256m,small-smolvlm2-500m,small-smolvlm2-2.2b,small,small-qwen3-vl"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 QUESTION = "What happened in the last minute?"
 
@@ -206,13 +207,14 @@ def fill_rekv(stream, n_blocks: int) -> None:
     last = mem.blocks[-1]
     n, grid = last.n_tokens, last.grid
     shape = (spec.n_layers, 2, spec.n_kv_heads, n, spec.head_dim)
+    nb, na = last.text_rows
     for i in range(n_blocks):
-        pos, t_off, _ = mem.reserve_positions(*grid)
+        _, t_off = mem.positions.block(*grid, nb, na)  # positions advanced as an ingest would
         mem.store.add(torch.randn(shape, dtype=dtype))
         for layer in range(spec.n_layers):
             mem.rep[layer].append(torch.randn(1, spec.n_kv_heads, spec.head_dim, dtype=dtype))
         t = last.start_s + (i + 1) * spec.frames_per_block / stream.config.fps
-        mem.blocks.append(BlockInfo(len(mem.blocks), (t,), n, t_off, grid))
+        mem.blocks.append(BlockInfo(len(mem.blocks), (t,), n, t_off, grid, None, last.text_rows))
     held = min(mem.n_local or 10**9, n * len(mem.blocks))
     mem.window = [tuple(torch.randn(1, spec.n_kv_heads, held, spec.head_dim, dtype=dtype) for _ in range(2))
                   for _ in range(spec.n_layers)]
