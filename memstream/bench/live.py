@@ -183,8 +183,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def decoder_layer(bb) -> torch.nn.Module:
-    layers = bb.decoder_layers() or bb.lm.layers
-    return layers[0]
+    return bb.decoder_layers[0]
 
 
 def vision_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
