@@ -148,3 +148,60 @@ def test_hermes_compaction_keeps_1d_positions_distinct(smol, compaction, room, f
         flat = state.pos[0]  # [n] 1-D positions
         assert state.pos.shape[0] == 1 and flat.unique().numel() == flat.numel() and int(flat.max()) < start < room
     assert stream.ask(Q, max_new_tokens=2).blocks_seen == frames
+
+
+def test_cli_ask_eval_and_bench_take_the_model(tiny_cache, monkeypatch, capsys, tmp_path):
+    import json
+
+    import videos
+
+    from memstream.cli import main
+
+    monkeypatch.setenv("MEMSTREAM_CACHE", str(tiny_cache))
+    model = ["--model", "tiny-smolvlm2", "--tokens-per-frame", "16", "--device", "cpu"]
+    path = videos.write_video(tmp_path / "clip.mp4", random_frames(3, 64, 64))
+    assert main(["ask", str(path), Q, *model, "--max-new-tokens", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["answer"] is not None
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps([{"video_id": "v", "video_path": "clip.mp4", "duration": 0.3, "conversations": [
+        {"question": "What moves?", "choices": ["a ball", "a car"], "answer": "a car"}]}]))
+    assert main(["eval", str(ann), "--video-root", str(tmp_path), "--out", str(tmp_path / "run.jsonl"), *model,
+                 "--max-new-tokens", "2", "--no-progress", "--json"]) == 0
+    assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 1
+    capsys.readouterr()
+    assert main(["bench", "ttft", "--policy", "rekv,hermes", "--budget", "40", "--minutes", "0.05",
+                 "--questions", "1", *model, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    assert [r["policy"] for r in rows] == ["rekv", "hermes"] and rows[0]["blocks"] == 3  # 3 s, one frame a block
+
+
+def test_demo_loads_the_preset_at_its_own_frame_size(tiny_cache, monkeypatch):
+    """`python app.py --model tiny-smolvlm2`: the preset loads with the tiny expert, the random-weight banner,
+    and the demo starts at the family's own tokens per frame; a webcam's frames keep their arrival times."""
+    import time
+
+    import app
+    from memstream_demo.manager import SessionManager
+    from memstream_demo.state import Limits, Settings
+
+    monkeypatch.setenv("MEMSTREAM_CACHE", str(tiny_cache))
+    engine, banner = app.load_engine("tiny-smolvlm2", "auto", "cpu")
+    assert isinstance(engine.backbone, smolvlm.SmolVLMBackbone) and engine.expert_name == "tiny"
+    assert app.TINY_BANNER in banner and engine.backbone.spec.default_tokens_per_frame == 16
+    m = SessionManager(engine, Settings(policy="rekv", tokens_per_frame=16, fps=8.0, max_new_tokens=2),
+                       Limits(webcam_gap_s=5.0))
+    try:
+        s = m.get("cam")
+        for frame in random_frames(4, 48, 64, seed=6):  # the last one may still be on its way
+            s.push_webcam(frame)
+            time.sleep(0.13)
+        deadline = time.monotonic() + 60
+        while s.status().get("blocks", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        blocks = s.streams[0].memory.blocks
+        assert len(blocks) >= 3 and blocks[0].times == (0.0,)
+        assert all(abs(b.times[0] / 0.125 - round(b.times[0] / 0.125)) > 1e-6 for b in blocks[1:])  # not k / fps
+        assert any(p.done for _, _, p in s.ask(Q))
+    finally:
+        m.shutdown()
