@@ -379,8 +379,10 @@ class Stream:
 
 def load(model: str | None = "tiny", expert: str | None = None, device: str | None = "auto",
          cache_dir: str | None = None) -> Engine:
-    """Load an engine: `model` is "tiny", a hub id or a local directory (None = the default real
-    model for the device: Qwen2.5-VL-7B-Instruct on CUDA, SmolVLM2-500M-Video-Instruct on CPU). `expert`: an external
+    """Load an engine: `model` is an offline preset ("tiny", "tiny-qwen3-vl", "tiny-smolvlm2", ...:
+    `backbones.PRESETS`), a hub id or a local directory of any registered family, read from its `model_type`
+    (None = the default real model for the device: Qwen2.5-VL-7B-Instruct on CUDA, SmolVLM2-500M-Video-Instruct
+    on CPU). `expert`: an external
     retrieval expert of `memstream.experts.EXPERTS` ("clip-b32", "pe-core-b16", "tiny") or None."""
     if expert is None or expert == "none":
         return Engine(load_backbone(model, device, cache_dir))
