@@ -22,10 +22,13 @@ Presets (offline random weights, same architecture):
 * `small-smolvlm2-256m`, `small-smolvlm2-500m`, `small-smolvlm2-2.2b`: the real layer shapes of
   SmolVLM2-256M-Video-Instruct, -500M-Video-Instruct and SmolVLM2-2.2B-Instruct (text decoder, vision
   tower, connector) with 4 decoder layers and 4 vision layers; `bench live` scales by the real depths
-  (`REAL_DEPTHS`). Sources of the shapes: the checkpoints' config.json (SmolVLM-256M-Instruct:
-  huggingface.co/HuggingFaceTB/SmolVLM-256M-Instruct, the same SmolLM2-135M + SigLIP-B/16-512 as the
-  256M video model; SmolVLM-500M: SmolLM2-360M + SigLIP-B/16-512; SmolVLM2-2.2B: SmolLM2-1.7B +
-  SigLIP-so400m/14-384, scale factor 3, as in huggingface.co/HuggingFaceTB/SmolVLM-Instruct/config.json).
+  (`REAL_DEPTHS`). Sources of the shapes (config.json files on the hub, found with the search tool):
+  256M: SmolLM2-135M (576 wide, MLP 1536, 30 layers, 9 / 3 heads of 64, 8192 positions, rope_theta 1e5)
+  + SigLIP-B/16 at 512 px, scale factor 4 (HuggingFaceTB/SmolVLM-256M-Instruct, the 256M video model's
+  base); 500M: 960 wide, MLP 2560, 15 / 5 heads of 64, scale 4 (vidore/ColSmolVLM-Instruct-500M-base,
+  built on SmolVLM-500M-Instruct), 32 layers as SmolLM2-360M; 2.2B: SmolLM2-1.7B (2048 wide, MLP 8192,
+  24 layers, 32 / 32 heads of 64, rope_theta 130000) with 16384 positions, SigLIP-so400m/14 at 384 px,
+  scale 3, 81 tokens per image (HuggingFaceTB/SmolVLM-Base and SmolLM2-1.7B).
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ SMALL_500M = _small("small-smolvlm2-500m", dict(
     SIGLIP_B16_512, scale_factor=4)
 SMALL_2_2B = _small("small-smolvlm2-2.2b", dict(
     hidden_size=2048, intermediate_size=8192, num_attention_heads=32, num_key_value_heads=32, head_dim=64,
-    max_position_embeddings=16384, rope_parameters={"rope_type": "default", "rope_theta": 273768.0}),
+    max_position_embeddings=16384, rope_parameters={"rope_type": "default", "rope_theta": 130000.0}),
     SIGLIP_SO400M_384, scale_factor=3)
 # (decoder layers, vision layers) of the real checkpoints, for benchmarks that scale the small presets.
 REAL_DEPTHS = {"small-smolvlm2-256m": (30, 12), "small-smolvlm2-500m": (32, 12), "small-smolvlm2-2.2b": (24, 27)}
