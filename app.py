@@ -21,6 +21,7 @@ import argparse
 import os
 
 import memstream
+from memstream.backbones import PRESETS
 from memstream_demo import Limits, Settings, build, launch
 
 TINY_BANNER = ("**Answers come from a tiny random-weight model**, so they are noise; ingestion, memory, retrieval "
@@ -45,7 +46,7 @@ def _expert_for(model: str | None, expert: str | None) -> str | None:
     if expert in (None, "none"):
         return None
     if expert == "auto":
-        return "tiny" if model == "tiny" else "clip-b32"
+        return "tiny" if model in PRESETS else "clip-b32"  # random weights get the random expert
     return expert
 
 
@@ -56,14 +57,14 @@ def load_engine(model: str | None, expert: str | None, device: str,
     try:
         engine = memstream.load(model=model, device=device, worker_process=worker_process)
     except memstream.MemStreamError as exc:
-        if model == "tiny":
+        if model in PRESETS:  # an offline preset that fails has nothing to fall back to
             raise
         print(f"warning: {exc} Falling back to the tiny random-weight model.", flush=True)
         # the reason (and what an operator can do) is in the server log; a web visitor gets what it means
         notes.append("The real model could not be loaded on this server, so this demo runs a tiny stand-in instead.")
         model, engine = "tiny", memstream.load(model="tiny", device=device, worker_process=worker_process)
     notes.append(_add_expert(engine, _expert_for(model, expert)))
-    if model == "tiny":
+    if model in PRESETS:  # every preset has random weights (tiny, tiny-qwen3-vl, ...)
         notes.append(TINY_BANNER)
     return engine, " ".join(n for n in notes if n)
 
@@ -72,7 +73,9 @@ def demo_defaults(engine: memstream.Engine, tiny: bool) -> Settings:
     """The page's settings on start. Real-time pacing: the built-in sample visibly streams, the player in
     step with ingestion. The tiny model is CPU-sized: fewer tokens per frame, and a topk / hermes budget
     small enough that the three-minute sample is retrieved from and compressed (docs/demo.md)."""
-    defaults = Settings(expert=engine.expert_name or "none", pace="real time")
+    # the family's usual frame size (SmolVLM2: its processor's 64 or 81 tokens), not 256 everywhere
+    defaults = Settings(expert=engine.expert_name or "none", pace="real time").with_options(
+        tokens_per_frame=engine.backbone.spec.default_tokens_per_frame)
     return defaults.with_options(tokens_per_frame=64, topk=4, budget=1024) if tiny else defaults
 
 

@@ -173,8 +173,8 @@ class Stream:
             raise InputError("This stream was closed; open a new stream to add frames.")
         with self._input_lock:
             times_arr = check_times(times, len(frames), self._last_time, self.config.fps)
-            size = self.frame_size or video.frame_size_for_budget(frames.shape[1], frames.shape[2],
-                                                                  self.config.tokens_per_frame)
+            size = self.frame_size or self._bb.frame_size(frames.shape[1], frames.shape[2],
+                                                          self.config.tokens_per_frame)
             resized = video.resize_frames(frames, size)
             self.frame_size = size  # fixed by the first accepted frames, not by rejected ones
             self._last_time = float(times_arr[-1])
@@ -383,9 +383,11 @@ class Stream:
 
 def load(model: str | None = "tiny", expert: str | None = None, device: str | None = "auto",
          cache_dir: str | None = None, worker_process: bool = False) -> Engine:
-    """Load an engine: `model` is "tiny", a hub id or a local directory (None = the default real
-    model for the device: Qwen2.5-VL-7B-Instruct on CUDA, 3B on CPU). `expert`: an external
-    retrieval expert of `memstream.experts.EXPERTS` ("clip-b32", "pe-core-b16", "tiny") or None.
+    """Load an engine: `model` is an offline preset ("tiny", "tiny-qwen3-vl", "tiny-smolvlm2", ...:
+    `backbones.PRESETS`), a hub id or a local directory of any registered family, read from its `model_type`
+    (None = the default real model for the device: Qwen2.5-VL-7B-Instruct on CUDA, SmolVLM2-500M-Video-Instruct
+    on CPU). `expert`: an external retrieval expert of `memstream.experts.EXPERTS` ("clip-b32", "pe-core-b16",
+    "tiny") or None.
 
     `worker_process=True`: the model work runs in a separate, spawned process that loads the same models
     and holds no stream state; every call's arguments and results cross as pickled bytes, as on ZeroGPU

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from .backbones import PRESETS
 from .config import STREAM_FIELDS, StreamConfig
 from .errors import ConfigError
 from .policies import policy_names, policy_spec
@@ -117,8 +118,8 @@ def policy_fields() -> dict[str, list[tuple[str, dataclasses.Field, str, str]]]:
 def add_engine_arguments(parser: argparse.ArgumentParser, model: str = "tiny") -> None:
     """--model, --expert and --device: what `memstream.load` takes."""
     parser.add_argument("--model", default=model,
-                        help=f"'tiny' or 'small' (offline random weights), a hub id or a local directory "
-                             f"(default: {model})")
+                        help=f"an offline random-weight preset ({', '.join(PRESETS)}), a hub id or a local "
+                             f"directory of any registered family (default: {model})")
     needing = ", ".join(p for p in policy_names() if policy_spec(p).needs_expert)
     parser.add_argument("--expert", default="none",
                         help="external retrieval expert: clip-b32, pe-core-b16, tiny (offline random) or none; "

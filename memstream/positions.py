@@ -1,5 +1,9 @@
 """M-RoPE positions of Qwen2.5-VL, computed incrementally as a stream grows.
 
+`PositionTracker` is also the interface every backbone's tracker follows (`Backbone.position_tracker`):
+the policies hand out, move and compact positions only through its methods, so a family with another
+rule (Qwen3-VL's running counter, `backbones/qwen3_vl.py`) subclasses it.
+
 Every LLM token has a 3-component position (t, h, w). Text tokens have t = h = w = p, one step
 per token. The tokens of video block i (a `gh x gw` grid of merged 28x28-pixel patches spanning two
 frames) get
@@ -66,24 +70,31 @@ class PositionTracker:
     """Hands out positions for: sinks (text) -> blocks (video) -> question (text), incrementally.
 
     `next_text` is where text would start if the video ended now: (max position so far) + 1.
+    Positions are LongTensors [P, n] (P = 3 M-RoPE components for the Qwen families).
     """
+
+    components = 3  # P: position components per token
 
     def __init__(self, interval: float):
         self.interval = interval
         self.video_start: int | None = None  # set by the first block
         self.next_text = 0  # (max position used so far) + 1
-        self.blocks = 0
+        self.blocks = 0  # the next block's temporal slot
 
     def text(self, n: int) -> torch.Tensor:
-        """Positions for `n` text tokens before the video (sinks): [3, n]."""
+        """Positions for `n` text tokens before the video (sinks): [P, n]."""
         if self.video_start is not None:
             raise RuntimeError("text after the video belongs to the question; use question_start()")
         pos = text_positions(self.next_text, n)
         self.next_text += n
         return pos
 
-    def block(self, gh: int, gw: int) -> tuple[torch.Tensor, int]:
-        """Positions of the next block, [3, gh*gw], and its temporal offset from the video start."""
+    def block(self, gh: int, gw: int, n_before: int = 0, n_after: int = 0) -> tuple[torch.Tensor, int]:
+        """Positions of the next block, [P, n_before + gh*gw + n_after], and its temporal offset from the
+        video start. `n_before` / `n_after`: text tokens the backbone frames each block with
+        (`Backbone.block_text`); Qwen2.5-VL has none."""
+        if n_before or n_after:
+            raise ValueError("Qwen2.5-VL blocks carry no text of their own")
         if self.video_start is None:
             self.video_start = self.next_text
         t_off = block_t_offset(self.blocks, self.interval)
@@ -93,11 +104,63 @@ class PositionTracker:
         return pos, t_off
 
     def text_at(self, start: int, n: int) -> torch.Tensor:
-        """Positions of `n` text tokens from `start` on (a question, an answer step): [3, n]."""
+        """Positions of `n` text tokens from `start` on (a question, an answer step): [P, n]."""
         return text_positions(start, n)
 
+    def save(self) -> tuple:
+        """The tracker's state, for `restore` after a failed ingest."""
+        return self.video_start, self.next_text, self.blocks
+
+    def restore(self, state: tuple) -> None:
+        self.video_start, self.next_text, self.blocks = state
+
+    # ---- compact layouts (rekv positions "compact", hermes compaction) -------------------------
     def compact_question_start(self, n_blocks: int, gh: int, gw: int) -> int:
         """Where the question starts when `n_blocks` retrieved blocks sit in slots 0..n_blocks-1."""
         assert self.video_start is not None
         t_last = block_t_offset(n_blocks - 1, self.interval)
         return block_max_position(self.video_start, t_last, gh, gw) + 1
+
+    def slot_delta(self, t_offset: int, slot: int, n: int) -> torch.Tensor:
+        """Position change [P, n] that moves the `n` stored tokens of a block with temporal offset
+        `t_offset` to compact slot `slot`: only the temporal component moves."""
+        delta = torch.zeros(3, n, dtype=torch.long)
+        delta[0] = block_t_offset(slot, self.interval) - t_offset
+        return delta
+
+    def next_block_max(self, gh: int, gw: int) -> int:
+        """The largest position component the next block would get (the position limit's test)."""
+        if self.video_start is None:
+            return self.next_text + max(gh, gw) - 1
+        return block_max_position(self.video_start, block_t_offset(self.blocks, self.interval), gh, gw)
+
+    def slot_layout(self, pos: torch.Tensor, block: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+        """Held tokens (positions [P, n], their blocks [n] in time order) moved so that the held blocks
+        take temporal slots 0, 1, ...: the new positions [P, n]. A token of `whole` [n] (a summary token)
+        moves in every component, the others in the temporal one only."""
+        blocks, slot = torch.unique(block, return_inverse=True)  # slot: [n], 0-based, time order
+        new_t = torch.tensor([self.video_start + block_t_offset(j, self.interval) for j in range(blocks.numel())],
+                             dtype=torch.long)[slot]
+        shift = new_t - pos[0]
+        delta = torch.zeros_like(pos)
+        delta[0] = shift
+        delta[:, whole] = shift[whole]
+        return pos + delta
+
+    def resume(self, held: list[torch.Tensor], gh: int, gw: int, ranked: bool, floor: int) -> None:
+        """After a compaction: the next block takes the first temporal slot after every held token
+        (positions `held`, [P, n] per layer) and the next text follows the largest position held (or
+        the next block's largest; never below `floor`). `ranked`: h and w were re-indexed too, so only
+        what is held counts."""
+        start, interval = self.video_start, self.interval
+        top_t = max((int(p[0].max()) for p in held), default=start - 1) - start  # temporal offset to pass
+        slot = max(0, math.ceil((top_t + 1) / interval - 1e-9))
+        while block_t_offset(slot, interval) <= top_t:
+            slot += 1
+        while slot > 0 and block_t_offset(slot - 1, interval) > top_t:
+            slot -= 1
+        self.blocks = slot
+        last = block_max_position(start, block_t_offset(slot - 1, interval), gh, gw) if slot else start - 1
+        if ranked:
+            last = max((int(p.max()) for p in held), default=start - 1)
+        self.next_text = max(floor, last + 1, max((int(p.max()) + 1 for p in held), default=0))

@@ -38,7 +38,7 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     bb, spec = backbone, backbone.spec
     t0 = time.perf_counter()
     frames = video.to_rgb_frames(frames)
-    size = video.frame_size_for_budget(frames.shape[1], frames.shape[2], cfg.tokens_per_frame)
+    size = bb.frame_size(frames.shape[1], frames.shape[2], cfg.tokens_per_frame)
     frames = video.resize_frames(frames, size)
     n_frames = len(frames)
     times_arr = check_times(times, n_frames, None, cfg.fps)
@@ -50,10 +50,16 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
     tracker = bb.position_tracker(cfg.fps)
     sink = sink_ids(bb)
     q_ids, _ = question_ids(bb, q, answer_prefix=answer_prefix)
-    pos = [tracker.text(len(sink))] + [tracker.block(gh, gw)[0] for _ in range(n_blocks)]
+    # each block's frame times, as a stream records them (a padded last block lists its real frames only)
+    block_times = [tuple(times_arr[i: min(i + per, n_frames)].tolist()) for i in range(0, len(frames), per)]
+    pos = [tracker.text(len(sink))]
+    for t in block_times:
+        before, after = bb.block_text(t)
+        pos.append(tracker.block(gh, gw, len(before), len(after))[0])
+    n_video = sum(p.shape[1] for p in pos[1:])  # the blocks' tokens, their own text rows included
     start = tracker.next_text
     pos.append(tracker.text_at(start, len(q_ids)))
-    first, cache = bb.stock_forward(sink, frames, q_ids, torch.cat(pos, dim=1))
+    first, cache = bb.stock_forward(sink, frames, block_times, q_ids, torch.cat(pos, dim=1))
     ttft = time.perf_counter() - t0
     def step(token: int, position: int) -> torch.Tensor:
         nonlocal cache
@@ -66,5 +72,5 @@ def reference_answer(backbone: Backbone, frames: np.ndarray, times: list[float] 
         detok.add(token)
     return Answer(question=q, text=detok.finish(), token_ids=detok.token_ids, ttft_s=ttft,
                   first_logits=first.cpu(), trace=None, asked_at_s=float(times_arr[-1]) + 1.0 / cfg.fps,
-                  frames_seen=n_frames, blocks_seen=n_blocks, tokens_seen=n_blocks * gh * gw, policy="offline",
+                  frames_seen=n_frames, blocks_seen=n_blocks, tokens_seen=n_video, policy="offline",
                   total_s=time.perf_counter() - t0)

@@ -64,10 +64,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def frame_size_for_budget(height: int, width: int, tokens_per_frame: int) -> tuple[int, int]:
-    """Frame size (H, W) in pixels, multiples of 28, for :func:`grid_for_budget`."""
+def frame_size_for_budget(height: int, width: int, tokens_per_frame: int,
+                          token_px: int = TOKEN_PX) -> tuple[int, int]:
+    """Frame size (H, W) in pixels, multiples of `token_px` (the side one LLM token covers,
+    `BackboneSpec.pixels_per_token`: 28 for Qwen2.5-VL, 32 for Qwen3-VL), for :func:`grid_for_budget`."""
     gh, gw = grid_for_budget(height, width, tokens_per_frame)
-    return TOKEN_PX * gh, TOKEN_PX * gw
+    return token_px * gh, token_px * gw
 
 
 def to_rgb_frames(frames: Any) -> np.ndarray:

@@ -109,7 +109,7 @@ def ingest_blocks(models: Models, memory: Memory, batch: BlockBatch, turn: Turn 
     bb, expert = models.backbone, models.expert
     t0 = time.perf_counter()
     per = bb.spec.frames_per_block
-    tokens = bb.encode_blocks(batch.frames)  # [k, n, hidden]
+    tokens = bb.encode_blocks(batch.frames)  # [k, n, hidden * (1 + D)] (D: DeepStack rows, Qwen3-VL)
     embeds = None
     if batch.originals is not None and expert is not None:  # [k, per, D]
         embeds = embed_frames(expert, batch.originals).view(tokens.shape[0], per, -1)

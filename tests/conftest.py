@@ -61,6 +61,14 @@ def engine(tiny_cache):
     return memstream.load(model="tiny", device="cpu", cache_dir=str(tiny_cache))
 
 
+@pytest.fixture(scope="session")
+def qwen3_engine(tiny_cache):
+    """The Qwen3-VL family's tiny preset (tests/test_qwen3_vl.py, and tests parametrized over families)."""
+    import memstream
+
+    return memstream.load(model="tiny-qwen3-vl", device="cpu", cache_dir=str(tiny_cache))
+
+
 @pytest.fixture
 def failing_layer(engine, monkeypatch):
     """A context manager: inside it, decoder layer 1 raises (a failure in the middle of a forward)."""

@@ -106,13 +106,16 @@ def test_flop_counter_by_hand():
     assert fl.window_lengths(5, 6, 4) == [16, 8, 4, 2]
 
 
-def test_flop_counter_matches_torch_counting_a_real_ingest(engine):
-    """Our config-based count equals torch's FlopCounterMode on the actual forward of one block."""
+@pytest.mark.parametrize("family", ["engine", "qwen3_engine"])
+def test_flop_counter_matches_torch_counting_a_real_ingest(request, family):
+    """Our config-based count equals torch's FlopCounterMode on the actual forward of one block (per
+    family; a Qwen3-VL block's forward also runs its text rows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from memstream.bench.common import SyntheticVideo
     from memstream.video import resize_frames
 
+    engine = request.getfixturevalue(family)
     bb, cfg = engine.backbone, engine.backbone.model.config
     stream = engine.stream(policy="rekv", fps=1.0, tokens_per_frame=16, n_local=50)
     synthetic = SyntheticVideo()
@@ -124,9 +127,9 @@ def test_flop_counter_matches_torch_counting_a_real_ingest(engine):
     with FlopCounterMode(display=False) as vision_count:
         tokens = bb.encode_blocks(pair)
     with FlopCounterMode(display=False) as decoder_count:
-        mem.ingest_block(tokens[0], (6.0, 7.0), stream.grid)
+        info = mem.ingest_block(tokens[0], (6.0, 7.0), stream.grid)
     assert fl.vision_flops(cfg.vision_config, *stream.grid).total == vision_count.get_total_flops()
-    assert fl.decoder_flops(cfg.text_config, tokens.shape[1], context).total == decoder_count.get_total_flops()
+    assert fl.decoder_flops(cfg.text_config, info.n_tokens, context).total == decoder_count.get_total_flops()
 
 
 def test_small_preset_has_the_documented_shape():

@@ -28,8 +28,10 @@ def ingest(engine, frames, policy="full", **kw) -> memstream.Stream:
     return stream
 
 
+@pytest.mark.parametrize("family", ["engine", "qwen3_engine"])  # Qwen2.5-VL, Qwen3-VL
 @pytest.mark.parametrize("shape", [(60, 100), (90, 50)])
-def test_full_streaming_equals_offline_forward(engine, shape):
+def test_full_streaming_equals_offline_forward(request, family, shape):
+    engine = request.getfixturevalue(family)
     frames = random_frames(7, *shape)  # odd: the last block is the 7th frame padded
     stream = ingest(engine, frames)
     assert stream.stats()["blocks"] == 4
@@ -41,7 +43,9 @@ def test_full_streaming_equals_offline_forward(engine, shape):
     assert got.first_logits.shape == (engine.backbone.spec.vocab,)
 
 
-def test_rekv_with_everything_retrieved_equals_full(engine):
+@pytest.mark.parametrize("family", ["engine", "qwen3_engine"])
+def test_rekv_with_everything_retrieved_equals_full(request, family):
+    engine = request.getfixturevalue(family)
     frames = random_frames(8, 56, 84, seed=1)
     full = ingest(engine, frames, "full").ask(Q, max_new_tokens=3)
     stream = ingest(engine, frames, "rekv", topk=100, n_local=10**6)

@@ -235,9 +235,9 @@ def test_embedding_feed_acts_only_in_its_own_thread():
         assert torch.equal(run(x), 8 * x)
 
 
-def test_decoder_layers_are_found_on_the_tiny_model(engine):
-    assert hermes.decoder_layers(engine.backbone.model, 2) is engine.backbone.lm.layers
-    assert hermes.decoder_layers(torch.nn.Linear(2, 2), 2) is None
+def test_decoder_layers_are_the_backbones(engine):
+    layers = engine.backbone.decoder_layers
+    assert layers is engine.backbone.lm.layers and len(layers) == engine.backbone.spec.n_layers
 
 
 # ---- the per-round summary --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..loading import hub_reachable, resolve_device
-from . import qwen2_5_vl
+from . import qwen2_5_vl, qwen3_vl, smolvlm
 from .base import Backbone, BackboneSpec, Capture, ChatTemplate, KVCache
 from .family import Family
 from .presets import Preset, build_checkpoint
@@ -27,7 +27,8 @@ __all__ = ["Backbone", "BackboneSpec", "Capture", "ChatTemplate", "KVCache", "Fa
            "DEFAULT_CUDA_MODEL", "DEFAULT_CPU_MODEL"]
 
 DEFAULT_CUDA_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-DEFAULT_CPU_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+# Without CUDA: SmolVLM2-500M, picked from `bench live` (BENCHMARKS.md, "Live rate on a CPU").
+DEFAULT_CPU_MODEL = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
 
 FAMILIES: dict[str, Family] = {}  # model_type -> family
 PRESETS: dict[str, Family] = {}  # preset name -> its family
@@ -43,6 +44,8 @@ def register_backbone(family: Family) -> None:
 
 
 register_backbone(qwen2_5_vl.FAMILY)
+register_backbone(qwen3_vl.FAMILY)
+register_backbone(smolvlm.FAMILY)
 
 
 def preset_checkpoint(name: str, cache_dir: str | os.PathLike | None = None):
@@ -51,10 +54,11 @@ def preset_checkpoint(name: str, cache_dir: str | os.PathLike | None = None):
     return build_checkpoint(family.presets[name], family.make_tokenizer, family.build_model, cache_dir)
 
 
-def load_backbone(name: str | None = None, device: str | None = "auto", cache_dir: str | None = None) -> Backbone:
+def load_backbone(name: str | None = None, device: str | None = "auto", cache_dir: str | None = None,
+                  dtype: torch.dtype | None = None) -> Backbone:
     """Load a backbone from a preset name, a hub id or a local directory; the family comes from the
-    checkpoint's `model_type`. bf16 on CUDA, fp32 on CPU. `name=None`: the default real model for the
-    device. Raises ModelLoadError with one sentence when it cannot."""
+    checkpoint's `model_type`. `dtype` None: bf16 on CUDA, fp32 on CPU. `name=None`: the default real model
+    for the device. Raises ModelLoadError with one sentence when it cannot."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -67,7 +71,7 @@ def load_backbone(name: str | None = None, device: str | None = "auto", cache_di
         if (name.startswith((".", os.path.sep)) or name.count("/") > 1) and not os.path.isdir(name):
             raise ModelLoadError(f"Model directory {name!r} does not exist; use --model tiny for the offline model.")
         path, family = name, None
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     try:
         family = family or _family_of(path)
         tokenizer, model = _local_first(lambda local_only: family.load_model(path, dtype, local_only), path)

@@ -4,6 +4,8 @@ A backbone family (one module in this package, e.g. `qwen2_5_vl.py`) subclasses 
 of memstream never touches transformers directly; it asks the backbone to
 
   * turn frames into visual tokens (`encode_blocks`) and text into token ids and embeddings,
+  * say which text frames each block (`block_text`: none for Qwen2.5-VL; Qwen3-VL's timestamp and
+    vision markers) and lay a block's rows out for the decoder (`block_embeds`),
   * hand out the positions of sinks, blocks and questions (`position_tracker`),
   * run the decoder over a cache object of ours (`decode`): each attention layer calls
     `cache.update(keys, values, layer_idx)` with the new tokens' post-RoPE keys and gets back the keys
@@ -16,6 +18,11 @@ of memstream never touches transformers directly; it asks the backbone to
 
 Terms: a *block* is what the vision tower encodes at once and the memory stores, scores and retrieves
 as a unit (Qwen2.5-VL: a temporal patch of 2 frames, `spec.frames_per_block`).
+
+Visual tokens may carry more than the LLM's input embedding: a row of `encode_blocks` is
+[hidden * (1 + D)], the embedding followed by D extra rows that the decoder adds to the token's hidden
+state after its first D layers (Qwen3-VL's DeepStack; D = 0 for Qwen2.5-VL). Packing them into the same
+row means whatever drops a token before the LLM (memstream's compression) drops its extra rows with it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .. import video
 from ..positions import PositionTracker
 
 
@@ -61,6 +69,7 @@ class BackboneSpec:
     frames_per_block: int  # frames the vision tower merges into one block (Qwen2.5-VL's temporal patch: 2)
     tokens_per_second: float  # temporal position steps per second of video (Qwen2.5-VL: 2)
     max_positions: int  # the decoder's max_position_embeddings
+    default_tokens_per_frame: int = 256  # what the demo starts with: the family's usual frame size (SmolVLM2: 64)
 
     @property
     def pixels_per_token(self) -> int:
@@ -95,6 +104,7 @@ class Backbone(ABC):
     spec: BackboneSpec
     chat: ChatTemplate
     eos_ids: set[int]  # token ids that end an answer
+    decoder_layers: torch.nn.ModuleList  # the LLM's decoder layers, in order (hermes' manual pseudo forward)
 
     def __init__(self) -> None:
         self._local = threading.local()  # per-thread capture target: streams share a backbone across threads
@@ -147,19 +157,48 @@ class Backbone(ABC):
     @abstractmethod
     def encode_blocks(self, frames: np.ndarray) -> torch.Tensor:
         """Frames uint8 [k * frames_per_block, H, W, 3], H and W multiples of `spec.pixels_per_token`
-        -> visual tokens [k, (H / ppt) * (W / ppt), hidden], token j of a block at grid cell
-        (j // gw, j % gw)."""
+        -> visual tokens [k, (H / ppt) * (W / ppt), hidden * (1 + D)], token j of a block at grid cell
+        (j // gw, j % gw); see the module docstring for the D DeepStack rows."""
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The LLM input embeddings of visual tokens [..., hidden * (1 + D)] -> [..., hidden] (a view)."""
+        return tokens[..., : self.spec.hidden]
+
+    def block_text(self, times: tuple[float, ...]) -> tuple[list[int], list[int]]:
+        """Token ids of the text right before and right after a block's visual tokens, for a block whose
+        frames were taken at `times` (seconds). Default: none (Qwen2.5-VL)."""
+        return [], []
+
+    def block_embeds(self, before: list[int], tokens: torch.Tensor, after: list[int]) -> torch.Tensor:
+        """One block's decoder input: the embeddings of `before`, the visual tokens [n, width], those of
+        `after` -> [len(before) + n + len(after), width]. Text rows get zero extra (DeepStack) rows, so
+        adding them changes nothing, exactly as the stock model adds nothing at text positions."""
+        if not before and not after:
+            return tokens
+        extra = tokens.shape[-1] - self.spec.hidden
+
+        def text(ids: list[int]) -> torch.Tensor:
+            emb = self.embed(ids).to(tokens.dtype)  # [m, hidden]
+            return torch.nn.functional.pad(emb, (0, extra)) if extra else emb
+
+        return torch.cat([text(before), tokens, text(after)])
 
     @abstractmethod
     def position_tracker(self, fps: float) -> PositionTracker:
         """A fresh tracker handing out positions for sinks, then blocks sampled at `fps`, then text."""
 
+    def frame_size(self, height: int, width: int, tokens_per_frame: int) -> tuple[int, int]:
+        """The (H, W) pixels frames of `height` x `width` are resized to for `tokens_per_frame` LLM tokens per
+        frame, multiples of `spec.pixels_per_token` (default: the Qwen grid that keeps the aspect ratio)."""
+        return video.frame_size_for_budget(height, width, tokens_per_frame, self.spec.pixels_per_token)
+
     # ---- decoder ------------------------------------------------------------------------------
     @abstractmethod
     def run_decoder(self, embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                     logits: bool = True) -> torch.Tensor | None:
-        """The decoder over `cache` for new tokens: embeds [S, hidden], positions [P, S] (P = the
-        backbone's position components) -> logits of the last token [vocab] float32, or None."""
+        """The decoder over `cache` for new tokens: embeds [S, hidden] or a block's [S, hidden * (1 + D)]
+        (`block_embeds`), positions [P, S] (P = the backbone's position components) -> logits of the
+        last token [vocab] float32, or None."""
 
     def decode(self, embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                logits: bool = True) -> torch.Tensor | None:
@@ -174,13 +213,28 @@ class Backbone(ABC):
 
     # ---- the oracle ---------------------------------------------------------------------------
     @abstractmethod
-    def stock_forward(self, before: list[int], frames: np.ndarray, after: list[int],
-                      positions: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def stock_forward(self, before: list[int], frames: np.ndarray, times: list[tuple[float, ...]],
+                      after: list[int], positions: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """One forward of the stock model class, as a user without memstream would run it: its own
         vision tower over all `frames` (uint8 [T, H, W, 3], T a multiple of frames_per_block), its
-        placeholder tokens between the ids `before` and `after`, its own KV cache. positions [P, S]
-        for the whole sequence. Returns (logits of the last token [vocab] float32, the model's cache)."""
+        placeholder tokens (each block framed by `block_text` of its frames' `times`, one tuple per
+        block) between the ids `before` and `after`, its own KV cache. positions [P, S] for the whole
+        sequence. Returns (logits of the last token [vocab] float32, the model's cache)."""
 
     @abstractmethod
     def stock_step(self, cache: Any, token: int, position: int) -> tuple[torch.Tensor, Any]:
         """One decoding step of the stock model over its own cache: (logits [vocab] float32, cache)."""
+
+
+def rotate_by(rotary_emb: torch.nn.Module, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Rotate post-RoPE keys [..., S, d] by position deltas [P, S] with the model's own rotary embedding.
+
+    RoPE turns each frequency pair by position * inv_freq; M-RoPE (sectioned in Qwen2.5-VL, interleaved
+    in Qwen3-VL) only picks which component drives each pair. Rotations of a pair compose, so turning
+    a key by the embedding of `delta` moves it exactly from its old position to old + delta.
+    """
+    cos, sin = rotary_emb(keys, delta.to(keys.device).unsqueeze(1))  # [1, S, d]
+    cos, sin = cos[0].to(keys.dtype), sin[0].to(keys.dtype)
+    half = keys.shape[-1] // 2
+    rotated_half = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
+    return keys * cos + rotated_half * sin

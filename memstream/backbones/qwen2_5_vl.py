@@ -27,7 +27,7 @@ import torch
 from .. import attention
 from ..positions import PositionTracker, block_interval
 from . import presets
-from .base import Backbone, BackboneSpec, ChatTemplate, KVCache
+from .base import Backbone, BackboneSpec, ChatTemplate, KVCache, rotate_by
 from .family import Family
 
 MODEL_TYPE = "qwen2_5_vl"
@@ -69,6 +69,14 @@ SMALL = presets.Preset(
     vision=dict(depth=4, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
                 patch_size=14, spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2,
                 window_size=112, fullatt_block_indexes=[3]),
+)
+
+# Qwen2.5-VL-7B-Instruct's layer shapes with 4 decoder layers (of 28) and 4 vision blocks (of 32): hidden 3584,
+# MLP 18944, 28 query / 4 KV heads of 128 (its config.json on the hub); the vision tower is 3B's.
+SMALL_7B = presets.Preset(
+    "small-7b", MODEL_TYPE, seed=0, special_tokens=SPECIAL_TOKENS,
+    text=dict(SMALL.text, hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4),
+    vision=dict(SMALL.vision, out_hidden_size=3584),
 )
 
 
@@ -131,6 +139,7 @@ class Qwen2_5_VLBackbone(Backbone):
         self.lm = model.model.language_model
         # Only the text decoder uses our attention; the vision tower keeps sdpa.
         model.set_attn_implementation({"text_config": attention.ATTENTION_NAME, "vision_config": "sdpa"})
+        self.decoder_layers = self.lm.layers
         self.install_capture_hooks(self.lm.layers)
         self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                     tokenizer.convert_tokens_to_ids("<|endoftext|>")) if i is not None}
@@ -193,22 +202,15 @@ class Qwen2_5_VLBackbone(Backbone):
         return self.model.lm_head(last)[0].float()
 
     def rotate_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Move post-RoPE keys to new positions: keys [..., S, d], delta [3, S] (new - old).
-
-        RoPE rotates each frequency pair by angle position * inv_freq, and M-RoPE only picks which
-        of (t, h, w) drives each pair; rotations compose, so rotating by the delta is exact.
-        """
-        cos, sin = self.lm.rotary_emb(keys, delta.to(keys.device).unsqueeze(1))  # [1, S, d]
-        cos, sin = cos[0].to(keys.dtype), sin[0].to(keys.dtype)
-        half = keys.shape[-1] // 2
-        rotated_half = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
-        return keys * cos + rotated_half * sin
+        """Move post-RoPE keys to new positions: keys [..., S, d], delta [3, S] (new - old); exact."""
+        return rotate_by(self.lm.rotary_emb, keys, delta)
 
     # ---- the oracle ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def stock_forward(self, before: list[int], frames: np.ndarray, after: list[int],
-                      positions: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """`Qwen2_5_VLForConditionalGeneration.forward` over before + <|video_pad|> x n + after."""
+    def stock_forward(self, before: list[int], frames: np.ndarray, times: list[tuple[float, ...]],
+                      after: list[int], positions: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """`Qwen2_5_VLForConditionalGeneration.forward` over before + <|video_pad|> x n + after (its blocks
+        carry no text, so `times` only reach it through the positions)."""
         pixels, grid = self.patchify(frames)
         n_video = int(grid[0, 0] * grid[0, 1] * grid[0, 2]) // (self.spec.merge ** 2)
         ids = before + [self.video_token_id] * n_video + after
@@ -228,7 +230,7 @@ FAMILY = Family(
     model_type=MODEL_TYPE,
     backbone=Qwen2_5_VLBackbone,
     load_model=load_model,
-    presets={p.name: p for p in (TINY, SMALL)},
+    presets={p.name: p for p in (TINY, SMALL, SMALL_7B)},
     make_tokenizer=preset_tokenizer,
     build_model=build_model,
 )

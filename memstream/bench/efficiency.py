@@ -26,7 +26,6 @@ import torch
 
 from ..config import StreamConfig
 from ..engine import Engine, load
-from ..video import frame_size_for_budget
 from .common import (
     SyntheticVideo,
     add_common_arguments,
@@ -119,7 +118,7 @@ def measure_efficiency(engine: Engine, policy: str, calls: int, *, blocks_per_ca
     probe = _matmul_probe(engine.device, bb.dtype, PROBE_SIZE.get(engine.device.type, PROBE_SIZE["cpu"]))
     stream.sync = lambda: synchronize(engine.device)  # the stream's encode_s then counts finished work
 
-    size = frame_size_for_budget(synthetic.height, synthetic.width, tokens_per_frame)  # what the stream will use
+    size = bb.frame_size(synthetic.height, synthetic.width, tokens_per_frame)  # what the stream will use
     grid = (size[0] // bb.spec.pixels_per_token, size[1] // bb.spec.pixels_per_token)
     n_local = stream.config.options().get("n_local")
     rows: list[dict[str, float]] = []  # per timed call: seconds, FLOPs, probe

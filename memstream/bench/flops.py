@@ -1,4 +1,4 @@
-"""Floating-point operations of ingestion, counted from a Qwen2.5-VL config (no profiler needed).
+"""Floating-point operations of ingestion, counted from a Qwen2.5-VL or Qwen3-VL config (no profiler needed).
 
 Convention (the usual one for MFU): only matrix products count, 2 FLOPs per multiply-add, i.e.
 `2 * m * n * k` for [m, k] @ [k, n]. Norms, activations, RoPE, softmax and bias adds are left out
@@ -73,34 +73,40 @@ def window_lengths(gh: int, gw: int, window_tokens: int) -> list[int]:
 def vision_flops(vision_config, gh: int, gw: int, blocks: int = 1) -> Flops:
     """The vision tower on `blocks` temporal slices (2 frames each) of gh x gw merged tokens.
 
-    Patch embedding (a Conv3d that is one [P, 3*2*14*14] @ [.., hidden] product), every block's
-    qkv / proj / gated MLP, attention within windows (or the whole slice in the full-attention
-    blocks), and the patch merger's two-layer MLP.
+    Patch embedding (a Conv3d that is one [P, 3*2*p*p] @ [.., hidden] product), every block's qkv / proj
+    / MLP, attention, and the patch merger's two-layer MLP. Qwen2.5-VL (a config with `window_size`):
+    gated MLP (3 products), attention within windows except in the full-attention blocks. Qwen3-VL: a
+    plain two-layer MLP, full attention over the slice in every block, and one more merger per
+    DeepStack layer (`deepstack_visual_indexes`).
     """
     v = vision_config
+    windowed = getattr(v, "window_size", None) is not None
     m2 = v.spatial_merge_size ** 2
     hv, inter, out = v.hidden_size, v.intermediate_size, v.out_hidden_size
     patches = gh * gw * m2  # per slice
     p = patches * blocks
     patch_in = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
     dense = linear_flops(p, patch_in, hv)
-    per_block_dense = (linear_flops(p, hv, 3 * hv) + linear_flops(p, hv, hv)
-                       + 2 * linear_flops(p, hv, inter) + linear_flops(p, inter, hv))
-    dense += v.depth * per_block_dense
+    mlp = (2 * linear_flops(p, hv, inter) if windowed else linear_flops(p, hv, inter)) + linear_flops(p, inter, hv)
+    dense += v.depth * (linear_flops(p, hv, 3 * hv) + linear_flops(p, hv, hv) + mlp)
     merged = p // m2
-    dense += linear_flops(merged, hv * m2, hv * m2) + linear_flops(merged, hv * m2, out)
+    mergers = 1 + len(getattr(v, "deepstack_visual_indexes", None) or ())
+    dense += mergers * (linear_flops(merged, hv * m2, hv * m2) + linear_flops(merged, hv * m2, out))
+    per_slice_full = attention_flops(patches, patches, v.num_heads, hv // v.num_heads)
+    if not windowed:
+        return Flops(dense, blocks * v.depth * per_slice_full)
     window_tokens = v.window_size // v.spatial_merge_size // v.patch_size
     windows = [w * m2 for w in window_lengths(gh, gw, window_tokens)]
     full_blocks = len(set(v.fullatt_block_indexes))
     per_slice_window = sum(attention_flops(w, w, v.num_heads, hv // v.num_heads) for w in windows)
-    per_slice_full = attention_flops(patches, patches, v.num_heads, hv // v.num_heads)
     attn = blocks * ((v.depth - full_blocks) * per_slice_window + full_blocks * per_slice_full)
     return Flops(dense, attn)
 
 
 def ingest_block_flops(config, grid: tuple[int, int], context_tokens: int) -> Flops:
     """One block: the vision tower on its two frames, then the decoder on its gh*gw tokens over
-    `context_tokens` cached keys (sinks + window). `config` is a Qwen2_5_VLConfig."""
+    `context_tokens` cached keys (sinks + window). `config` is a Qwen2_5_VLConfig or Qwen3VLConfig (whose
+    blocks also carry a few text rows, left out here)."""
     gh, gw = grid
     return vision_flops(config.vision_config, gh, gw) + decoder_flops(config.text_config, gh * gw, context_tokens)
 

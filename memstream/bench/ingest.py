@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..engine import Engine, load
-from ..video import frame_size_for_budget, resize_frames
+from ..video import resize_frames
 from .common import (
     SyntheticVideo,
     add_common_arguments,
@@ -67,14 +67,15 @@ def measure_ingest(engine: Engine, policy: str, blocks: int, *, tokens_per_frame
     video = SyntheticVideo()
     per_block: list[float] = []
     in_probes: list[float] = []  # each block's seconds over its neighbouring probe's
-    size = frame_size_for_budget(video.height, video.width, tokens_per_frame)  # what the stream will use
-    probe_pair = resize_frames(video.frames(0, 2), size)
+    size = engine.backbone.frame_size(video.height, video.width, tokens_per_frame)  # what the stream will use
+    per = engine.backbone.spec.frames_per_block  # frames of one block (Qwen 2, SmolVLM2 1)
+    probe_pair = resize_frames(video.frames(0, per), size)
 
     def probe() -> torch.Tensor:
         return engine.backbone.encode_blocks(probe_pair)
 
     for i in range(blocks):
-        pair = video.frames(2 * i, 2)  # made outside the timed region
+        pair = video.frames(per * i, per)  # made outside the timed region
         _, seconds = timed(engine.device, lambda pair=pair: stream.add_frames(pair))
         per_block.append(seconds)
         in_probes.append(seconds / timed(engine.device, probe)[1])

@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     return emit({"bench": "ttft", **rows[-1], **({"interleaved": policies} if len(policies) > 1 else {})}, args.json)
 
 
-def stream_frames(minutes: float, fps: float) -> int:
-    """Frames sampled in `minutes` at `fps`, rounded down to whole blocks (at least one block)."""
-    return max(2, int(minutes * 60 * fps) // 2 * 2)
+def stream_frames(minutes: float, fps: float, per: int = 2) -> int:
+    """Frames sampled in `minutes` at `fps`, rounded down to whole blocks of `per` frames (at least one block)."""
+    return max(per, int(minutes * 60 * fps) // per * per)
 
 
 def measure_ttft(engine: Engine, policy: str, minutes: float, *, fps: float = 1.0, tokens_per_frame: int,
@@ -85,7 +85,7 @@ def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float
     question is asked of every policy in turn, so load from other jobs hits all of them alike and
     their ratios are fair. Each policy gets the options it takes (e.g. hermes' budget only hermes); an
     option none of them takes is a ConfigError."""
-    n_frames = stream_frames(minutes, fps)
+    n_frames = stream_frames(minutes, fps, engine.backbone.spec.frames_per_block)
     video = SyntheticVideo()
     asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(max(1, questions))]
     times = np.arange(n_frames) / fps
@@ -98,7 +98,7 @@ def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float
                 frames, times, q, fps=fps, tokens_per_frame=tokens_per_frame, max_new_tokens=1), None)
             continue
         stream = engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, **shares[policy])
-        chunk = 2 * stream.config.encode_batch  # as add_video feeds it: a few blocks per vision call
+        chunk = engine.backbone.spec.frames_per_block * stream.config.encode_batch  # as add_video feeds it
         for start in range(0, n_frames, chunk):
             stream.add_frames(video.frames(start, min(chunk, n_frames - start)), times[start:start + chunk])
         askers[policy] = (lambda q, stream=stream: stream.ask(q, max_new_tokens=1), stream)
@@ -118,7 +118,7 @@ def measure_ttft_interleaved(engine: Engine, policies: list[str], minutes: float
         rows.append({
             "policy": policy,
             "minutes": minutes,
-            "blocks": n_frames // 2,
+            "blocks": n_frames // engine.backbone.spec.frames_per_block,
             "ttft_s": s["median"],
             "ttft_minmax_s": [s["min"], s["max"]],
             "engine_ttft_s": spread(engine_ttft[policy])["median"],

@@ -77,11 +77,35 @@ class BlockInfo:
     n_tokens: int  # LLM tokens stored for it
     t_offset: int  # temporal position offset from the video start
     grid: tuple[int, int]  # (gh, gw)
-    token_index: torch.Tensor | None = None  # LongTensor [n_tokens]: grid cells stored (row*gw+col); None = all
+    token_index: torch.Tensor | None = None  # LongTensor [n]: grid cells of the visual tokens stored; None = all
+    # (before, after): rows of the block's own text around its visual tokens (`Backbone.block_text`;
+    # Qwen3-VL's timestamp and vision markers), part of n_tokens and never dropped; (0, 0) for Qwen2.5-VL
+    text_rows: tuple[int, int] = (0, 0)
+
+    @property
+    def visual(self) -> slice:
+        """The rows of the block's visual tokens among its n_tokens stored rows."""
+        return slice(self.text_rows[0], self.n_tokens - self.text_rows[1])
 
     @property
     def start_s(self) -> float:
         return self.times[0]
+
+
+@dataclass
+class PreparedBlock:
+    """One block laid out for its ingest forward: the text that frames it (`Backbone.block_text`)
+    around its visual tokens, with positions reserved from the tracker."""
+
+    embeds: torch.Tensor  # [S, width]: before-text rows, visual tokens, after-text rows (`Backbone.block_embeds`)
+    positions: torch.Tensor  # LongTensor [P, S]
+    cells: torch.Tensor  # LongTensor [S] (CPU): grid cell of each visual row; text rows get cells gh*gw + j
+    t_offset: int  # the tracker's temporal offset of the block
+    text_rows: tuple[int, int]  # (before, after) text rows
+
+    def info(self, index: int, times: tuple[float, ...], grid: tuple[int, int],
+             token_index: torch.Tensor | None) -> BlockInfo:
+        return BlockInfo(index, tuple(times), self.embeds.shape[0], self.t_offset, grid, token_index, self.text_rows)
 
 
 class QuestionCache(Protocol):
@@ -192,7 +216,7 @@ class Memory(ABC):
     @abstractmethod
     def ingest_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int],
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
-        """Append one block: visual tokens [n, hidden] at grid `grid` (gh, gw), frames at `times` (s).
+        """Append one block: visual tokens [n, hidden * (1 + D)] at grid `grid` (gh, gw), frames at `times` (s).
 
         `frame_embeds` [F, D]: the external expert's embeddings of the block's frames (None without an
         expert). `token_index` LongTensor [n]: the grid cells (row*gw+col) `tokens` are, when only some
@@ -233,15 +257,16 @@ class Memory(ABC):
     def stats(self) -> dict:
         """Sizes for `Stream.stats()`; policies add their own keys.
 
-        tokens_stored: visual tokens held; tokens_raw: tokens the blocks had before any compression
-        (gh*gw each); compression_ratio: tokens_raw / tokens held (1.0 = nothing dropped);
-        tokens_per_block / bytes_per_block: mean per block (keys and values, all layers); sink_tokens;
-        window_tokens; bytes_host / bytes_device: what the memory holds in host memory / on the device.
+        tokens_stored: visual tokens held (with a block's own text rows, `BlockInfo.text_rows`);
+        tokens_raw: tokens the blocks had before any compression (gh*gw each, plus their text rows);
+        compression_ratio: tokens_raw / tokens held (1.0 = nothing dropped); tokens_per_block /
+        bytes_per_block: mean per block (keys and values, all layers); sink_tokens; window_tokens;
+        bytes_host / bytes_device: what the memory holds in host memory / on the device.
         """
         n = len(self.blocks)
         stored = self.tokens_stored()
         held = self.mean_tokens_held()
-        raw = sum(b.grid[0] * b.grid[1] for b in self.blocks)
+        raw = sum(b.grid[0] * b.grid[1] + sum(b.text_rows) for b in self.blocks)
         return {
             "tokens_stored": stored,
             "tokens_raw": raw,
@@ -280,16 +305,21 @@ class Memory(ABC):
         self.bb.decode(embeds, positions, cache, logits=False)
         cache.check_complete()
 
-    def reserve_positions(self, gh: int, gw: int) -> tuple[torch.Tensor, int, Callable[[], None]]:
-        """The next block's positions [P, gh*gw], its temporal offset, and an undo for failures."""
-        tracker = self.positions
-        saved = (tracker.video_start, tracker.next_text, tracker.blocks)
-
-        def undo() -> None:
-            tracker.video_start, tracker.next_text, tracker.blocks = saved
-
-        pos, t_off = tracker.block(gh, gw)
-        return pos, t_off, undo
+    def prepare_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int],
+                      token_index: torch.Tensor | None = None) -> PreparedBlock:
+        """Reserve the next block's positions and lay out its rows: the backbone's text for the block
+        (none for Qwen2.5-VL), the visual tokens [n, width] at cells `token_index` (None = all), the text
+        after them. Restore the tracker (`positions.save()` before) if the forward then fails."""
+        gh, gw = grid
+        before, after = self.bb.block_text(tuple(times))
+        nb, na, cells = len(before), len(after), gh * gw
+        pos, t_off = self.positions.block(gh, gw, nb, na)  # [P, nb + gh*gw + na]
+        visual = torch.arange(cells) if token_index is None else token_index.long().cpu()
+        rows = torch.cat([torch.arange(nb), nb + visual, torch.arange(nb + cells, nb + cells + na)])
+        text_cells = torch.arange(cells, cells + nb + na)
+        return PreparedBlock(embeds=self.bb.block_embeds(before, tokens, after), positions=pos[:, rows],
+                             cells=torch.cat([text_cells[:nb], visual, text_cells[nb:]]), t_offset=t_off,
+                             text_rows=(nb, na))
 
     def block_times(self) -> torch.Tensor:
         """Start of every block in seconds: float [N]."""

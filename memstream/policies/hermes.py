@@ -53,11 +53,10 @@ import torch
 from ..backbones import Backbone
 from ..checks import is_int, is_number
 from ..errors import ConfigError
-from ..positions import block_max_position, block_t_offset
 from . import hermes_layers as hl
 from .base import BlockInfo, IngestCache, Memory, PolicyConfig, need
 from .hermes_layers import LayerMemory
-from .hermes_queries import ROLE_PROMPT, HermesReadCache, decoder_layers, layers_fed_embeddings, role_prompts
+from .hermes_queries import ROLE_PROMPT, HermesReadCache, layers_fed_embeddings, role_prompts
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class HermesConfig(PolicyConfig):
     smoothing: str = "index"  # cross-layer smoothing pairs tokens by 'index' (released) or 'identity'
     compaction: str = "ranks"  # re-indexing: 'ranks' per position component (released) or 'slots' (temporal)
     positions: str = "lazy"  # "lazy": compact only near max_position_embeddings; "eager": at every compression
-    compact_margin: int = 8192  # lazy: positions kept free below max_position_embeddings for question and answer
+    compact_margin: int | None = None  # lazy: positions kept free below the model's limit; None: min(8192, limit / 4)
     pseudo_questions: tuple[str, ...] = (  # pseudo_queries 'averaged': prompts averaged in every layer
         "Describe the current scene in detail.",
         "Summarize the narrative of the video so far.",
@@ -135,7 +134,7 @@ class HermesConfig(PolicyConfig):
         one_of("smoothing", "index", "identity")
         one_of("compaction", "ranks", "slots")
         one_of("positions", "lazy", "eager")
-        need(is_int(self.compact_margin) and self.compact_margin >= 0,
+        need(self.compact_margin is None or (is_int(self.compact_margin) and self.compact_margin >= 0),
              f"hermes compact_margin must be a non-negative number of positions, got {self.compact_margin!r}.")
         qs = self.pseudo_questions
         need(isinstance(qs, tuple | list) and len(qs) > 0 and all(isinstance(q, str) and q.strip() for q in qs),
@@ -156,18 +155,22 @@ class HermesMemory(Memory):
         spec = self.spec
         self.roles = hl.layer_roles(config, spec.n_layers)
         self.max_positions = spec.max_positions
-        if config.compact_margin >= self.max_positions:
-            raise ConfigError(f"hermes compact_margin ({config.compact_margin}) must be below the model's "
+        # 8192 leaves Qwen's 128k positions almost whole; SmolVLM2's 8192 need a smaller default
+        self.compact_margin = min(8192, self.max_positions // 4) if config.compact_margin is None \
+            else config.compact_margin
+        if self.compact_margin >= self.max_positions:
+            raise ConfigError(f"hermes compact_margin ({self.compact_margin}) must be below the model's "
                               f"{self.max_positions} positions.")
         self.decoder = None
         if config.pseudo_forward == "manual":
-            self.decoder = decoder_layers(backbone.model, spec.n_layers)
-            if self.decoder is None:
+            self.decoder = backbone.decoder_layers
+            if self.decoder is None or len(self.decoder) != spec.n_layers:
                 raise ConfigError("hermes pseudo_forward 'manual' needs the model's decoder layers, which this "
                                   "backbone does not expose; use pseudo_forward 'model'.")
         empty = torch.empty(1, spec.n_kv_heads, 0, spec.head_dim, device=self.device, dtype=backbone.dtype)
         none = torch.empty(0, dtype=torch.long)
-        self.layers = [LayerMemory(empty, empty, none, none, torch.empty(3, 0, dtype=torch.long))
+        no_pos = torch.empty(self.positions.components, 0, dtype=torch.long)  # [P, 0]
+        self.layers = [LayerMemory(empty, empty, none, none, no_pos)
                        for _ in range(spec.n_layers)]
         self.chunk_blocks = config.chunk_frames // spec.frames_per_block
         self.since_compress = 0  # blocks ingested since the last compression
@@ -224,7 +227,7 @@ class HermesMemory(Memory):
 
     def ingest_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int],
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
-        """Append one block (tokens [n, hidden]) to every layer; compress when a chunk is complete.
+        """Append one block (tokens [n, hidden * (1 + D)]) to every layer; compress when a chunk is complete.
 
         All-or-nothing: the next state of every layer is built aside (ingest forward, pseudo-query
         forwards, selection, compaction) and replaces the current one only when all of it succeeded.
@@ -232,29 +235,27 @@ class HermesMemory(Memory):
         """
         gh, gw = grid
         tracker = self.positions
-        saved = (tracker.video_start, tracker.next_text, tracker.blocks)
+        saved = tracker.save()
         try:
             layers = self.layers
             compacted = 0
             if self._near_position_limit(gh, gw):
                 layers, compacted = self._compact(layers), 1
                 self._resume(layers, grid)
-            pos, t_off = tracker.block(gh, gw)  # [3, gh*gw]; tracker.blocks is the next temporal slot
-            cells = torch.arange(gh * gw) if token_index is None else token_index.long().cpu()
-            pos = pos[:, cells]
+            block = self.prepare_block(tokens, times, grid, token_index)  # rows [S]: text + visual tokens
             cache = IngestCache(self.spec.n_layers, lambda layer: self.context(layer, layers[layer]))
-            self.run_forward(cache, tokens, pos)
+            self.run_forward(cache, block.embeds, block.positions)
             index = len(self.blocks)
-            layers = [s.append(k, v, index, cells, pos) for s, (k, v) in zip(layers, cache.new)]
+            layers = [s.append(k, v, index, block.cells, block.positions) for s, (k, v) in zip(layers, cache.new)]
             chunk_done = self.since_compress + 1 >= self.chunk_blocks
             if chunk_done:
                 layers, compressed = self._compress(layers, index, grid)
                 compacted += int(compressed and self.cfg.positions == "eager")
         except BaseException:
-            tracker.video_start, tracker.next_text, tracker.blocks = saved
+            tracker.restore(saved)
             raise
         self.layers = layers
-        info = BlockInfo(index, tuple(times), tokens.shape[0], t_off, grid, token_index)
+        info = block.info(index, times, grid, token_index)
         self.blocks.append(info)
         self.since_compress = 0 if chunk_done else self.since_compress + 1
         self.compressions += int(chunk_done)
@@ -313,7 +314,7 @@ class HermesMemory(Memory):
             keys = self.bb.rotate_keys(evicted.keys, anchor - evicted.pos)  # [1, Hkv, m, d] at (s, s, s)
             return state.fold(keys, evicted.values)
         newest = int(state.pos.max()) if state.n else self.positions.video_start - 1
-        where = torch.full((3, 1), newest + 1, dtype=torch.long)  # [3, 1]
+        where = torch.full((state.pos.shape[0], 1), newest + 1, dtype=torch.long)  # [P, 1]
         keys = self.bb.rotate_keys(evicted.keys, where - evicted.pos)  # [1, Hkv, m, d] all at (m, m, m)
         key = keys.double().mean(-2, keepdim=True).to(keys.dtype)  # [1, Hkv, 1, d]
         value = evicted.values.double().mean(-2, keepdim=True).to(evicted.values.dtype)
@@ -382,16 +383,15 @@ class HermesMemory(Memory):
         tracker = self.positions
         if tracker.video_start is None:
             return False
-        t_off = block_t_offset(tracker.blocks, tracker.interval)
-        return block_max_position(tracker.video_start, t_off, gh, gw) >= self.max_positions - self.cfg.compact_margin
+        return tracker.next_block_max(gh, gw) >= self.max_positions - self.compact_margin
 
     def _compact(self, layers: list[LayerMemory]) -> list[LayerMemory]:
         """Re-index every layer's held tokens (keys re-rotated by the exact position delta).
 
         "ranks": each position component -> its rank among the layer's values of it, from the video start.
-        "slots": held blocks -> temporal slots 0, 1, ... in time order; a summary token shifts by its block's
-        temporal shift in all three components, so it stays just after that block."""
-        start, interval = self.positions.video_start, self.positions.interval
+        "slots": held blocks -> consecutive slots in time order (the backbone's tracker lays them out,
+        `PositionTracker.slot_layout`); a summary token moves with the block it follows."""
+        start = self.positions.video_start
         out = []
         for state in layers:
             if state.n == 0:
@@ -400,40 +400,21 @@ class HermesMemory(Memory):
             if self.cfg.compaction == "ranks":
                 delta = hl.ranked_positions(state.pos, start) - state.pos
             else:
-                blocks, slot = torch.unique(state.block, return_inverse=True)  # slot: [n], 0-based, time order
-                new_t = torch.tensor([start + block_t_offset(j, interval) for j in range(blocks.numel())],
-                                     dtype=torch.long)[slot]
-                shift = new_t - state.pos[0]
-                delta = torch.zeros_like(state.pos)
-                delta[0] = shift
-                delta[:, state.is_summary] = shift[state.is_summary]  # all three components
+                delta = self.positions.slot_layout(state.pos, state.block, state.is_summary) - state.pos
             if bool(delta.any()):
                 state = state.moved(self.bb.rotate_keys(state.keys, delta), state.pos + delta)
             out.append(state)
         return out
 
     def _resume(self, layers: list[LayerMemory], grid: tuple[int, int]) -> None:
-        """After a compaction: the next block takes the first temporal slot after every held token and the
-        next text follows the largest position held (or the next block's largest). Raises ConfigError when
-        even the compact layout leaves no room below the position limit."""
-        tracker = self.positions
-        start, interval = tracker.video_start, tracker.interval
-        held = [s.pos for s in layers if s.n]
-        top_t = max((int(p[0].max()) for p in held), default=start - 1) - start  # temporal offset to pass
-        slot = max(0, math.ceil((top_t + 1) / interval - 1e-9))
-        while block_t_offset(slot, interval) <= top_t:
-            slot += 1
-        while slot > 0 and block_t_offset(slot - 1, interval) > top_t:
-            slot -= 1
+        """After a compaction: the tracker continues after every held token (`PositionTracker.resume`).
+        Raises ConfigError when even the compact layout leaves no room below the position limit."""
         gh, gw = grid
-        tracker.blocks = slot
-        last = block_max_position(start, block_t_offset(slot - 1, interval), gh, gw) if slot else start - 1
-        if self.cfg.compaction == "ranks":  # h and w were ranked too: only what is held counts
-            last = max((int(p.max()) for p in held), default=start - 1)
-        tracker.next_text = max(self.n_sink, last + 1, max((int(p.max()) + 1 for p in held), default=0))
+        held = [s.pos for s in layers if s.n]
+        self.positions.resume(held, gh, gw, ranked=self.cfg.compaction == "ranks", floor=self.n_sink)
         if self._near_position_limit(gh, gw):
             raise ConfigError(f"The hermes budget ({self.cfg.budget} tokens) spans more positions than the model's "
-                              f"{self.max_positions} allow with compact_margin {self.cfg.compact_margin}; "
+                              f"{self.max_positions} allow with compact_margin {self.compact_margin}; "
                               f"lower one of them.")
 
     # ---- questions ----------------------------------------------------------------------------

@@ -49,7 +49,7 @@ class LayerMemory:
     values: torch.Tensor  # [1, Hkv, n, d]
     block: torch.Tensor  # LongTensor [n] (CPU): stream index of each token's block (a summary: the block it follows)
     cell: torch.Tensor  # LongTensor [n] (CPU): grid cell row * gw + col (a summary: SUMMARY_CELL)
-    pos: torch.Tensor  # LongTensor [3, n] (CPU): current (t, h, w) position of each key
+    pos: torch.Tensor  # LongTensor [P, n] (CPU): current position of each key (P components, (t, h, w) for Qwen)
     sum_k: torch.Tensor | None = None  # [1, Hkv, 1, d] float64: running summary, evicted keys at the video start
     sum_v: torch.Tensor | None = None  # [1, Hkv, 1, d] float64: running summary, evicted values
     count: int = 0  # tokens folded into the running summary
@@ -80,7 +80,7 @@ class LayerMemory:
 
     def append(self, k: torch.Tensor, v: torch.Tensor, block: int, cells: torch.Tensor,
                pos: torch.Tensor) -> LayerMemory:
-        """A new state with a block's tokens (k, v [1, Hkv, m, d], cells [m], pos [3, m]) appended."""
+        """A new state with a block's tokens (k, v [1, Hkv, m, d], cells [m], pos [P, m]) appended."""
         m = cells.numel()
         return self._with(torch.cat([self.keys, k], -2), torch.cat([self.values, v], -2),
                           torch.cat([self.block, torch.full((m,), block, dtype=torch.long)]),
@@ -88,7 +88,7 @@ class LayerMemory:
                           torch.cat([self.is_summary, torch.zeros(m, dtype=torch.bool)]))
 
     def append_summary(self, k: torch.Tensor, v: torch.Tensor, block: int, pos: torch.Tensor) -> LayerMemory:
-        """A new state with one per-round summary token (k, v [1, Hkv, 1, d], pos [3, 1]) appended."""
+        """A new state with one per-round summary token (k, v [1, Hkv, 1, d], pos [P, 1]) appended."""
         return self._with(torch.cat([self.keys, k], -2), torch.cat([self.values, v], -2),
                           torch.cat([self.block, torch.tensor([block])]),
                           torch.cat([self.cell, torch.tensor([SUMMARY_CELL])]), torch.cat([self.pos, pos.cpu()], 1),
@@ -101,7 +101,7 @@ class LayerMemory:
                           self.pos[:, idx], self.is_summary[idx])
 
     def moved(self, keys: torch.Tensor, pos: torch.Tensor) -> LayerMemory:
-        """A new state with the same tokens at new positions (keys re-rotated to `pos` [3, n])."""
+        """A new state with the same tokens at new positions (keys re-rotated to `pos` [P, n])."""
         return self._with(keys, self.values, self.block, self.cell, pos, self.is_summary)
 
     def fold(self, keys: torch.Tensor, values: torch.Tensor) -> LayerMemory:

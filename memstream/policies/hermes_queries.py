@@ -84,14 +84,6 @@ def role_prompts(exchange: tuple[str, str] | None) -> dict[str, str]:
 # ---- the release's manual pseudo attention ---------------------------------------------------------
 
 
-def decoder_layers(model: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList | None:
-    """The model's decoder layers: the one ModuleList of `n_layers` modules that each have a `self_attn`
-    (transformers' layout; Qwen2.5-VL's vision blocks call theirs `attn`), or None if not exactly one."""
-    found = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers
-             and all(hasattr(layer, "self_attn") for layer in m)]
-    return found[0] if len(found) == 1 else None
-
-
 @contextlib.contextmanager
 def layers_fed_embeddings(layers: torch.nn.ModuleList) -> Iterator[None]:
     """Inside the block, this thread's forwards feed every decoder layer the input of the first one (the

@@ -118,28 +118,30 @@ class MemStreamMemory(RekvMemory):
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
         """Compress, then ingest as the window memory does (all-or-nothing), then update the references.
 
-        tokens [gh*gw, hidden]; frame_embeds [F, D] (needed when the memory has an expert).
+        tokens [gh*gw, hidden * (1 + D)]; frame_embeds [F, D] (needed when the memory has an expert).
         `token_index` may be given only with compression off (compression chooses the cells itself).
         """
         cells = grid[0] * grid[1]
         frame_mean = self.block_frame_mean(frame_embeds)  # checked before anything changes
-        stored = tokens
+        stored = tokens  # [n, hidden * (1 + D)]: a dropped token drops its DeepStack rows with it
+        embeds = self.bb.token_embeddings(tokens)  # [gh*gw, hidden]: what compression compares
         if self.compress:
             if token_index is not None:
                 raise ValueError("token_index cannot be combined with compression (it chooses the cells)")
             if self.cell_ref is not None and self.cell_ref.shape[0] == cells:
-                sim = token_cosine(tokens, self.cell_ref)  # [gh*gw]
+                sim = token_cosine(embeds, self.cell_ref)  # [gh*gw]
                 keep = compress_keep(sim, self.cfg.compress_threshold, resolve_count(self.cfg.compress_floor, cells))
                 if keep.numel() < cells:
-                    stored = tokens[keep]  # [n, hidden]
+                    stored = tokens[keep]  # [n, hidden * (1 + D)]
                     token_index = keep.cpu()  # [n] cells; positions and BlockInfo live on the CPU
         info = super().ingest_block(stored, times, grid, frame_embeds, token_index)
         # the forward succeeded and the block is committed: only now may the references move
         if self.compress:
             if self.cell_ref is None or self.cell_ref.shape[0] != cells:
-                self.cell_ref = tokens.clone()  # first block: everything stored
+                self.cell_ref = embeds.clone()  # first block: everything stored
             else:
-                self.cell_ref[slice(None) if token_index is None else token_index.to(self.device)] = stored
+                index = slice(None) if token_index is None else token_index.to(self.device)
+                self.cell_ref[index] = embeds[index]
         if frame_mean is not None:
             self.frame_mean.append(frame_mean[None])
         return info
@@ -159,39 +161,43 @@ class MemStreamMemory(RekvMemory):
         return F.normalize(frame_embeds.detach().float().cpu(), dim=-1).mean(dim=0)
 
     def commit(self, cache: IngestCache, info: BlockInfo) -> None:
-        """AKS: the window and the representative key get the block's kept tokens; the store gets all."""
+        """AKS: the window and the representative key get the block's kept tokens; the store gets all.
+        AKS chooses among the visual tokens; the block's own text rows (`BlockInfo.text_rows`) are kept."""
         if not self.aks:
             super().commit(cache, info)
             self.kept.append(info.n_tokens)
             return
         gh, gw = info.grid
         cells = torch.arange(gh * gw) if info.token_index is None else info.token_index
-        cells = cells.to(self.device)  # [n] grid cell of each stored token
-        n = info.n_tokens
+        cells = cells.to(self.device)  # [n] grid cell of each stored visual token
+        vis = info.visual  # rows of the visual tokens among the block's n_tokens rows
+        n = cells.numel()
+        text = torch.cat([torch.arange(vis.start), torch.arange(vis.stop, info.n_tokens)]).to(self.device)
         count = resolve_count(self.cfg.aks_keep, n)
         per_head = self.cfg.aks_scope == "head"
         first = self.key_ref[0] is None or self.key_ref[0].shape[0] != gh * gw
         # compute everything first, then change the memory, so an error here changes nothing
         kept = []
         for layer, (k, v) in enumerate(cache.new):
-            free = cache.keys_free[layer]  # [n, Hkv, d] position-free keys
+            free = cache.keys_free[layer]  # [n_tokens, Hkv, d] position-free keys
             if first or count >= n:
                 kept.append((k, v, free.mean(dim=0, keepdim=True)))
                 continue
-            sim = token_cosine(free, self.key_ref[layer][cells], per_head)  # [n] or [n, Hkv]
-            keep = least_similar(sim, count)  # [count] or [Hkv, count]
+            sim = token_cosine(free[vis], self.key_ref[layer][cells], per_head)  # [n] or [n, Hkv]
+            keep = least_similar(sim, count) + vis.start  # [count] or [Hkv, count] rows of the block
+            keep = torch.cat([text.expand(*keep.shape[:-1], -1), keep], -1).sort(-1).values  # + the text rows
             kept.append(gather_kept(k, v, free, keep))
         for layer, (wk, wv, rep) in enumerate(kept):
             self.append_window(layer, wk, wv)
             self.rep[layer].append(rep)  # [1, Hkv, d]
-            free = cache.keys_free[layer]
+            free = cache.keys_free[layer][vis]
             if first:
                 self.key_ref[layer] = free.new_zeros((gh * gw, *free.shape[1:]))
             self.key_ref[layer][cells] = free  # cells this block did not store keep their last key
         # [L, 2, Hkv, n, d]: every stored token, retrieval brings back whole blocks
         self.store.add(torch.stack([torch.cat([k, v]) for k, v in cache.new]))
         self.blocks.append(info)
-        self.kept.append(n if first else count)
+        self.kept.append(info.n_tokens if first or count >= n else count + text.numel())
 
     def window_share(self, block: BlockInfo) -> int:
         """Under AKS the window holds only the block's kept tokens."""

@@ -18,7 +18,6 @@ import torch
 
 from ..backbones import Backbone
 from ..checks import is_int
-from ..positions import block_t_offset
 from ..retrieval import select_blocks
 from .base import PolicyConfig, need
 from .window import WindowMemory, WindowQuestionCache
@@ -95,10 +94,6 @@ class RetrievalQuestionCache(WindowQuestionCache):
     def compact(self, keys: torch.Tensor, ids: list[int]) -> torch.Tensor:
         """Move the retrieved blocks' keys [1, Hkv, S, d] to temporal slots 0, 1, ... in time order."""
         mem = self.mem
-        deltas = []
-        for slot, b in enumerate(ids):
-            info = mem.blocks[b]
-            d = torch.zeros(3, info.n_tokens, dtype=torch.long)
-            d[0] = block_t_offset(slot, mem.positions.interval) - info.t_offset
-            deltas.append(d)
+        deltas = [mem.positions.slot_delta(mem.blocks[b].t_offset, slot, mem.blocks[b].n_tokens)
+                  for slot, b in enumerate(ids)]  # [P, n_b] each, the backbone's layout of slots
         return mem.bb.rotate_keys(keys, torch.cat(deltas, dim=1))

@@ -58,18 +58,17 @@ class WindowMemory(Memory):
     # ---- ingestion ----------------------------------------------------------------------------
     def ingest_block(self, tokens: torch.Tensor, times: tuple[float, ...], grid: tuple[int, int],
                      frame_embeds: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> BlockInfo:
-        """Append one block (tokens [n, hidden]); positions, window, store and representative keys change
+        """Append one block (tokens [n, hidden * (1 + D)]); positions, window, store and representative keys change
         only after the forward succeeded in every layer."""
-        pos, t_off, undo = self.reserve_positions(*grid)  # [P, gh*gw]
-        if token_index is not None:
-            pos = pos[:, token_index]  # [P, n]
+        saved = self.positions.save()
+        block = self.prepare_block(tokens, times, grid, token_index)  # rows [S]: text + visual tokens
         cache = IngestCache(self.spec.n_layers, self.window_parts)
         try:
-            self.run_forward(cache, tokens, pos)
+            self.run_forward(cache, block.embeds, block.positions)
         except BaseException:
-            undo()
+            self.positions.restore(saved)
             raise
-        info = BlockInfo(len(self.blocks), tuple(times), tokens.shape[0], t_off, grid, token_index)
+        info = block.info(len(self.blocks), times, grid, token_index)
         self.commit(cache, info)
         return info
 
