@@ -293,3 +293,23 @@ def test_a_dead_worker_loses_nothing_ingested(worker, dying_policy):
     runner.process.join(10)
     assert_same(stream.ask(Q, max_new_tokens=3), stream.ask(Q, max_new_tokens=3))
     assert runner.starts == starts + 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["rekv", "memstream", "hermes"])
+@pytest.mark.parametrize("preset", ["tiny-qwen3-vl", "tiny-smolvlm2"])
+def test_loopback_equals_in_process_on_the_other_families(tiny_cache, preset, policy):
+    """Blocks with their own text rows (timestamps), DeepStack rows (Qwen3-VL) and 1-D positions
+    (SmolVLM2) cross the boundary as well as Qwen2.5-VL's."""
+    backbone = memstream.load(preset, device="cpu", cache_dir=str(tiny_cache)).backbone
+    local = Engine(backbone, build_tiny_expert())
+    options = {"n_local": 400} if policy != "hermes" else {"budget": 200}
+    s1, a1, b1 = run(local, policy, **options)
+    remote = loopback_engine(local, 256)
+    try:
+        s2, a2, b2 = run(remote, policy, **options)
+    finally:
+        remote.close()
+    assert_same(a1, a2)
+    assert_same(b1, b2)
+    assert comparable(s1.stats()) == comparable(s2.stats())
