@@ -38,16 +38,21 @@ def serve(conn: Any, recipe: LoadRecipe) -> None:
     """The worker's main loop: load, say "ready" (or why not), then answer calls until the pipe closes."""
     import torch
 
-    from .engine import load
+    from .backbones import load_backbone
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    try:
-        engine = load(recipe.model, recipe.expert, recipe.device, recipe.cache_dir)
+    try:  # the same loaders as `memstream.load`, without an engine: this process holds models only
+        backbone = load_backbone(recipe.model, recipe.device, recipe.cache_dir)
+        expert = None
+        if recipe.expert not in (None, "none"):
+            from .experts import load_expert
+
+            expert = load_expert(recipe.expert, backbone.device)
     except MemStreamError as exc:
         conn.send_bytes(b"failed:" + str(exc).encode())
         return
-    models = Models(engine.backbone, engine.expert)
+    models = Models(backbone, expert)
     conn.send_bytes(b"ready")
     while True:
         try:
