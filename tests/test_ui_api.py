@@ -214,7 +214,8 @@ def test_an_avi_upload_plays_as_a_converted_copy(client, video_factory):
 
     avi = video_factory.odd_size("b.avi")
     notice, _, player = client.predict(handle_file(str(avi)), api_name="/upload")
-    assert "Ingesting b.avi" in notice
+    # a one-block file may be in memory already when the reply (which waits for the playable copy) leaves
+    assert "Ingesting b.avi" in notice or "b.avi is in memory" in notice, notice
     path = player["video"] if isinstance(player, dict) else player  # gradio_client: the downloaded file
     path = path["path"] if isinstance(path, dict) else path
     assert path.endswith("b-preview.mp4")
