@@ -178,3 +178,13 @@ def test_boundary_reports_overhead_and_bytes_of_the_worker_mode(capsys):
     ingest, question = out["ingest_last_bytes"], out["question_bytes"]
     assert ingest["sent"] > ingest["sent_tensors"] > 0 and question["sent"] >= question["sent_tensors"] > 0
     assert question["sent_tensors"] < out["store_bytes"]  # the stored blocks stay in their files
+
+
+@pytest.mark.slow
+def test_boundary_synthetic_fills_the_memory_between_two_real_calls(capsys):
+    out = bench_json(capsys, "boundary", "--policy", "rekv", "--minutes", "0.5", "--fps", "1", "--questions", "1",
+                     "--tokens-per-frame", "8", "--blocks-per-call", "2", "--synthetic")
+    # 30 frames = 15 blocks: one real call (2 blocks), 12 random, one real call (the last frames' block)
+    assert out["synthetic"] is True and out["blocks"] == 15 and out["first_logits_equal"] is True
+    assert main(["bench", "boundary", "--policy", "hermes", "--minutes", "0.1", "--synthetic", "--device", "cpu"]) == 2
+    assert "use --policy rekv" in capsys.readouterr().err

@@ -8,6 +8,11 @@ caller waits), and for the worker mode the bytes that crossed per call (the pick
 data, the reply) and the seconds the worker itself spent, whose difference to the wall is the overhead
 (pickling, the pipe, moving the memory's tensors). The block store never crosses: the worker maps its
 files and a question reads only the blocks its layers retrieve.
+
+`--synthetic` (rekv only), for models too slow to ingest M minutes twice: one ingest call is real, then
+both memories are filled to M minutes with the same random keys and values of the right shapes
+(`bench live`'s filler), then one more real ingest call and the questions: the calls measured see a
+memory of M minutes, with its full window and store.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..engine import Engine, load
+from ..errors import ConfigError
 from ..worker import worker_runner
 from .common import SyntheticVideo, add_common_arguments, apply_threads, emit, per_policy, policy_help, policy_options
+from .live import fill_rekv
 from .ttft import QUESTIONS, stream_frames
 
 
@@ -32,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", default="1,10", help="stream lengths, minutes, comma separated")
     p.add_argument("--blocks-per-call", type=int, default=8, help="blocks per ingest call (ZeroGPU's batch)")
     p.add_argument("--questions", type=int, default=3, help="questions per stream")
+    p.add_argument("--synthetic", action="store_true",
+                   help="rekv only: fill the memory to the stream length with random KV between two real ingest calls")
     add_common_arguments(p)
     p.set_defaults(handler=run)
 
@@ -47,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         for minutes in [float(m) for m in args.minutes.split(",")]:
             for policy in policies:
                 row = measure(local, remote, policy, minutes, fps=args.fps, tokens_per_frame=args.tokens_per_frame,
-                              blocks_per_call=args.blocks_per_call, questions=args.questions, **shares[policy])
+                              blocks_per_call=args.blocks_per_call, questions=args.questions,
+                              synthetic=args.synthetic, **shares[policy])
                 rows.append(row)
                 emit({"bench": "boundary", **row}, args.json)
     finally:
@@ -60,17 +71,28 @@ def median(values: list[float]) -> float | None:
 
 
 def measure(local: Engine, remote: Engine, policy: str, minutes: float, *, fps: float, tokens_per_frame: int,
-            blocks_per_call: int, questions: int, **options: Any) -> dict[str, Any]:
-    """One policy at one stream length, in both modes (ingest interleaved call by call, then the questions)."""
+            blocks_per_call: int, questions: int, synthetic: bool = False, **options: Any) -> dict[str, Any]:
+    """One policy at one stream length, in both modes (ingest interleaved call by call, then the questions).
+    `synthetic`: two real ingest calls around a random fill of the rest (rekv's memory layout)."""
+    if synthetic and policy != "rekv":
+        raise ConfigError("bench boundary --synthetic fills rekv's memory layout; use --policy rekv.")
     n_frames = stream_frames(minutes, fps)
     video, times = SyntheticVideo(), np.arange(n_frames) / fps
     streams = {mode: engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, **options)
                for mode, engine in (("in_process", local), ("worker", remote))}
     runner = remote.runner
     ingest_wall: dict[str, list[float]] = {m: [] for m in streams}
-    chunk = 2 * blocks_per_call
+    per = local.backbone.spec.frames_per_block
+    chunk = per * blocks_per_call
     n_calls = 0
-    for start in range(0, n_frames, chunk):
+    starts = list(range(0, n_frames, chunk))
+    if synthetic and len(starts) > 2:
+        starts = [starts[0], starts[-1]]
+    for start in starts:
+        if synthetic and start == starts[-1] and start > 0:  # the blocks between the two real calls, at random
+            for stream in streams.values():
+                torch.manual_seed(0)  # the same memory in both modes
+                fill_rekv(stream, start // per - stream.stats()["blocks"])
         frames = video.frames(start, min(chunk, n_frames - start))
         for mode, stream in streams.items():
             before = stream.stats()["ingest_s"]
@@ -106,6 +128,6 @@ def measure(local: Engine, remote: Engine, policy: str, minutes: float, *, fps: 
         "question_bytes": {"sent": answer_calls[-1].bytes_sent, "sent_tensors": answer_calls[-1].tensor_bytes_sent,
                            "received": answer_calls[-1].bytes_received,
                            "files_written_by_app": answer_calls[-1].file_bytes_sent},
-        "first_logits_equal": same,
+        "first_logits_equal": same, "synthetic": synthetic,
         "model": local.backbone.name, "tokens_per_frame": tokens_per_frame,
     }
