@@ -415,6 +415,8 @@ class Session:
             "mb_cap": self.limits.session_memory_mb, "tokens_per_frame": settings.tokens_per_frame, "fps": fps,
             "per_policy": [{"policy": s.config.policy, "tokens_stored": x["tokens_stored"],
                             "compression_ratio": x.get("compression_ratio")} for s, x in zip(streams, stats)],
+            # the external expert failed mid-stream and was dropped: the sentence saying so (None: it did not)
+            "expert_failure": next((x["expert_failure"] for x in stats if x.get("expert_failure")), None),
         })
         if duration:
             out["progress"] = pos / duration
