@@ -190,6 +190,7 @@ def worker(tiny_cache, tmp_path_factory):
     engine.close()
 
 
+@pytest.mark.slow
 def test_a_failed_block_in_a_worker_process_changes_nothing(worker, hooked_policies, tmp_path):
     """The worker (a spawned process) fails on the second block of a batch: the call fails as a whole and
     the memory in this process is exactly as before, for every policy; the worker lives on, the session
@@ -299,6 +300,7 @@ def chat_text(message) -> str:
     return content[0]["text"] if isinstance(content, list) else content
 
 
+@pytest.mark.slow
 def test_the_demo_answers_internal_only_when_the_expert_fails(client):
     """The demo's default policy (memstream, fused with the tiny expert) loses its expert mid-stream: the
     status and every answer say so in one sentence, and answers keep coming."""
@@ -312,6 +314,7 @@ def test_the_demo_answers_internal_only_when_the_expert_fails(client):
     assert "internal-only" in notice and "Answered by tiny" in notice
 
 
+@pytest.mark.slow
 def test_the_demo_keeps_the_memory_when_a_block_fails(client, demo):
     """The decoder fails on the sample's fifth block: ingestion stops with one sentence, the four blocks
     before stay in memory, and questions are answered from them."""

@@ -24,6 +24,7 @@ def load():
     return module
 
 
+@pytest.mark.slow
 def test_two_sessions_for_a_few_seconds(engine, load):
     demo = start_demo(engine, banner="tiny model", max_new_tokens=4)
     try:
