@@ -326,3 +326,17 @@ def test_the_demo_keeps_the_memory_when_a_block_fails(client, demo):
                     "usable.")
     chat, _box, notice, *_ = client.predict("What is moving?", api_name="/ask")
     assert chat[-1]["role"] == "assistant" and "Answered from 4 blocks" in notice
+
+
+def test_the_cli_prints_the_expert_s_failure_as_a_warning(tiny_cache, monkeypatch, capsys):
+    from demo_server import SAMPLE
+
+    from memstream import cli
+
+    monkeypatch.setenv("MEMSTREAM_CACHE", str(tiny_cache))
+    fault_hook.break_expert()
+    assert cli.main(["ask", SAMPLE, "What is moving?", "--model", "tiny", "--expert", "tiny", "--policy", "memstream",
+                     "--device", "cpu", "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: The external expert failed while embedding frames (InjectedFault)" in err
+    assert "Traceback" not in err
