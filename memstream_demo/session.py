@@ -339,8 +339,8 @@ class Session:
         """Keep the final answers of one question (with their thumbnails); returns the record index."""
         with self.lock:
             streams = {s.config.policy: s for s in self.streams}
-            # a kept answer drops its first-token logits ([vocab] float32, 0.6 MB with Qwen's 152k vocabulary),
-            # which the page never shows: 50 kept answers per session held 30 MB of them (scripts/load.py)
+            # a kept answer drops its first-token logits ([vocab] float32, which the page never shows): 0.6 MB
+            # each with Qwen's 152k vocabulary, 30 MB per session at the 50-answer cap (the tiny model's: 1 KB)
             finals = [(p, replace(a, first_logits=None)) for p, a in finals]
             results = [Result(p, a, self._thumbnails(streams.get(p), a), self.model,
                               {"policy": p, **self.settings.stream_options(p), "pace": self.settings.pace,
