@@ -82,6 +82,8 @@ def run_ask(args: argparse.Namespace) -> int:
         stream.add_video(args.video)
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     answer = stream.ask(args.question, max_new_tokens=args.max_new_tokens)
+    if answer.trace.notice:  # answered, but e.g. the external expert failed: ranked internal-only
+        notes.append(answer.trace.notice)
     noise = engine.backbone.name in PRESETS  # offline presets have random weights
     if args.json:
         out = {

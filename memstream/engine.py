@@ -179,7 +179,7 @@ class Stream:
             self.frame_size = size  # fixed by the first accepted frames, not by rejected ones
             self._last_time = float(times_arr[-1])
             # the expert's copy: the frames as added, not the LLM's downsized ones (None: no expert)
-            originals = list(frames) if self.expert is not None else [None] * len(frames)
+            originals = list(frames) if self.uses_expert else [None] * len(frames)
             self._pending.extend(zip(resized, times_arr.tolist(), originals))
             per = self._bb.spec.frames_per_block
             whole = len(self._pending) // per * per
@@ -241,7 +241,7 @@ class Stream:
         frames = np.stack([f for f, _, _ in pairs])  # [per * k, H, W, 3] at the LLM's token budget
         times = [tuple(t for _, t, _ in pairs[i: i + (real or per)]) for i in range(0, len(pairs), per)]
         # the expert sees the frames as they were added (its preprocessing resizes them to its own input)
-        originals = None if self.expert is None else [o for _, _, o in pairs]
+        originals = [o for _, _, o in pairs] if self.uses_expert else None
         report = self.runner.ingest(self.memory, BlockBatch(frames, times, self.grid, originals), self._turn,
                                     self.sync)
         self._ingest_s += time.perf_counter() - t0  # as the caller waited: a remote call's overhead included
@@ -255,6 +255,12 @@ class Stream:
             time.sleep(0.0005)
         with self._lock:
             yield
+
+    @property
+    def uses_expert(self) -> bool:
+        """Whether new frames go to the external expert too: the stream has one and its memory has not
+        dropped it after a failure (`stats()["expert_failure"]` then says why)."""
+        return self.expert is not None and self.memory.expert is not None
 
     @property
     def _frames_in_blocks(self) -> int:

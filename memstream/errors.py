@@ -35,3 +35,12 @@ class InputError(MemStreamError):
 class WorkerError(MemStreamError):
     """The process doing the model work (a worker process, a ZeroGPU call) failed or stopped during a call;
     the memory is as it was before the call."""
+
+
+def expert_failure(exc: BaseException, doing: str, for_good: bool) -> str:
+    """The one sentence that says an external expert raised while `doing` ("embedding frames", "embedding
+    the question") and that ranking went on without it: from now on (`for_good`, the memory dropped it at
+    ingest) or for this answer only (a question; the next one tries the expert again)."""
+    when = "from now on" if for_good else "for this answer"
+    return (f"The external expert failed while {doing} ({type(exc).__name__}), so {when} blocks are ranked "
+            f"by the model's own attention only (internal-only).")

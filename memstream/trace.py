@@ -64,6 +64,9 @@ class RetrievalTrace:
     selection: str = "retrieved"
     # the score that chose the retrieved blocks: "internal", "external" or "fused" ("none" if nothing was ranked)
     ranking: str = "internal"
+    # one sentence when something went wrong but the answer was still given (e.g. the external expert failed,
+    # so the blocks were ranked internal-only: `memstream.errors.expert_failure`); "" when nothing did
+    notice: str = ""
 
     @classmethod
     def build(cls, block_times: torch.Tensor, internal: torch.Tensor, selected: list[torch.Tensor],
@@ -109,6 +112,7 @@ class RetrievalTrace:
             "kept": None if self.kept is None else self.kept.tolist(),
             "selection": self.selection,
             "ranking": self.ranking,
+            "notice": self.notice,
         }
 
 

@@ -8,7 +8,8 @@ with no model loaded). One file holds one answer or a whole session:
                   "source": "sample.mp4", "asked_at_s": 12.0, "ttft_s": 0.4, "total_s": 1.2,
                   "frames": 24, "blocks": 12, "tokens": 768,
                   "trace": {RetrievalTrace.to_dict(): block_times, internal [L][N] raw per-layer scores,
-                            selected [L][k], external [N] | null, fused [N], bias, kept, selection, ranking}}]}
+                            selected [L][k], external [N] | null, fused [N], bias, kept, selection, ranking,
+                            notice}}]}
 
 `answer_entry` writes one entry, `dumps` a file's text, `loads`/`load` read one back, checking it:
 anything that is not such a file raises `TraceFileError` with one sentence saying what is wrong.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -175,7 +176,8 @@ def trace_from_dict(d: dict) -> RetrievalTrace:
         raise _Bad(f"has an unknown selection {selection!r} or ranking {ranking!r}")
     trace = RetrievalTrace.build(times, internal, selected, external=external, fused=fused,
                                  policy=str(d.get("policy", "")), kept=kept, selection=selection, ranking=ranking)
-    return trace
+    notice = d.get("notice", "")  # absent in files written before it existed
+    return replace(trace, notice=notice) if isinstance(notice, str) and notice else trace
 
 
 def _tensor(v: Any, name: str) -> torch.Tensor:

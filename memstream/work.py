@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .decoding import IncrementalDetokenizer, greedy_tokens
+from .errors import expert_failure
 from .policies import Memory, PolicyConfig, PolicySpec, build_memory_from
 from .store import spill_to
 from .trace import RetrievalTrace
@@ -105,14 +106,21 @@ def open_memory(models: Models, request: OpenRequest) -> Memory:
 def ingest_blocks(models: Models, memory: Memory, batch: BlockBatch, turn: Turn = contextlib.nullcontext,
                   sync: Callable[[], None] | None = None) -> IngestReport:
     """Encode the batch's blocks at once (vision tower, expert) and append them one by one, each inside
-    `turn()`. A failing block raises; the blocks before it stay appended (each block is all-or-nothing)."""
+    `turn()`. A failing block raises; the blocks before it stay appended (each block is all-or-nothing).
+
+    An expert that raises does not stop ingestion: the memory drops it (`Memory.drop_expert`, with the
+    sentence its stats then report) and the blocks are appended without frame embeddings."""
     bb, expert = models.backbone, models.expert
     t0 = time.perf_counter()
     per = bb.spec.frames_per_block
     tokens = bb.encode_blocks(batch.frames)  # [k, n, hidden * (1 + D)] (D: DeepStack rows, Qwen3-VL)
     embeds = None
-    if batch.originals is not None and expert is not None:  # [k, per, D]
-        embeds = embed_frames(expert, batch.originals).view(tokens.shape[0], per, -1)
+    if batch.originals is not None and expert is not None and memory.expert is not None:  # [k, per, D]
+        try:
+            embeds = embed_frames(expert, batch.originals).view(tokens.shape[0], per, -1)
+        except Exception as exc:  # noqa: BLE001 - any failure of the expert, a model we do not control
+            with turn():
+                memory.drop_expert(expert_failure(exc, "embedding frames", for_good=True))
     if sync is not None:
         sync()
     encoded = time.perf_counter() - t0

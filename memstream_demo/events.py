@@ -181,8 +181,9 @@ class Events:
         first_msg = len(s.history)
         try:
             for i, policy, partial in s.ask(q):
+                notice = partial.trace.notice if partial.done and partial.trace is not None else ""
                 content = answer_message(policy, partial.text, f"{partial.summary()} · model {s.model}", compare,
-                                         partial.done, s.noise)
+                                         partial.done, s.noise, notice)
                 if i >= len(finals):  # a new policy's answer starts
                     finals.append(None)
                     s.history = s.history + [{"role": "assistant", "content": content}]
@@ -216,6 +217,9 @@ class Events:
             s.msg_record[m] = idx
         s.say(f"Answered from {finals[0][1].blocks_seen} blocks ({finals[0][1].asked_at_s:.1f} s of video) by "
               f"{s.model}.")
+        notices = [a.trace.notice for _, a in finals if a.trace is not None and a.trace.notice]
+        if notices:  # answered, but something went wrong on the way (the expert failed): say it once
+            s.say(f"Answered by {s.model}. {notices[0]}", "warning")
         yield (s.history, gr.update(), render_notice(s), *self.answers_view(s, idx))
 
     def on_pick(self, index, request: gr.Request):

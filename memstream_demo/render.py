@@ -51,16 +51,19 @@ def visible_text(text: str) -> str:
     return "".join(out)
 
 
-def answer_message(policy: str, text: str, stamp: str, compare: bool, final: bool, noise: bool) -> str:
+def answer_message(policy: str, text: str, stamp: str, compare: bool, final: bool, noise: bool,
+                   notice: str = "") -> str:
     """One answer as a chat message (markdown): the policy in compare mode, the answer with unprintable
-    characters shown as codes, and once final the stamp (what the memory held, the model)."""
+    characters shown as codes, and once final the stamp (what the memory held, the model) and the trace's
+    notice, if something went wrong on the way (e.g. the external expert failed: ranked internal-only)."""
     head = f"**{policy}** · " if compare else ""
     body = visible_text(text) if text else ("…" if not final else "(no answer: the model ended its turn at once)")
     body = body.replace("\\", "\\\\").replace("*", "\\*").replace("_", "\\_").replace("`", "\\`").replace("<", "&lt;")
     if not final:
         return f"{head}{body}"
     note = "\n\n*random weights: this answer is noise*" if noise else ""
-    return f"{head}{body}{note}\n\n*{stamp}*"
+    warn = f"\n\n⚠ *{notice}*" if notice else ""
+    return f"{head}{body}{note}{warn}\n\n*{stamp}*"
 
 
 def render_status(st: dict | None, message: str = "") -> str:
@@ -124,7 +127,7 @@ def _rows(st: dict) -> list[tuple[str, str]]:
         ("compression", each("compression_ratio", lambda v: "—" if v is None else f"{v:.2f}×")),
         ("memory", f"CPU {fmt_mb(st['mb_cpu'])} · GPU {fmt_mb(st['mb_gpu'])}"), ("ingestion speed", speed),
         ("policy", " vs ".join(st.get("policies", []))),
-    ]
+    ] + ([("expert", st["expert_failure"])] if st.get("expert_failure") else [])
 
 
 def thumb_strip(thumbs: list[dict[str, Any]], selection: str = "retrieved") -> str:

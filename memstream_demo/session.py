@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -338,6 +339,9 @@ class Session:
         """Keep the final answers of one question (with their thumbnails); returns the record index."""
         with self.lock:
             streams = {s.config.policy: s for s in self.streams}
+            # a kept answer drops its first-token logits ([vocab] float32, which the page never shows): 0.6 MB
+            # each with Qwen's 152k vocabulary, 30 MB per session at the 50-answer cap (the tiny model's: 1 KB)
+            finals = [(p, replace(a, first_logits=None)) for p, a in finals]
             results = [Result(p, a, self._thumbnails(streams.get(p), a), self.model,
                               {"policy": p, **self.settings.stream_options(p), "pace": self.settings.pace,
                                "max_new_tokens": self.settings.max_new_tokens}) for p, a in finals]
@@ -415,6 +419,8 @@ class Session:
             "mb_cap": self.limits.session_memory_mb, "tokens_per_frame": settings.tokens_per_frame, "fps": fps,
             "per_policy": [{"policy": s.config.policy, "tokens_stored": x["tokens_stored"],
                             "compression_ratio": x.get("compression_ratio")} for s, x in zip(streams, stats)],
+            # the external expert failed mid-stream and was dropped: the sentence saying so (None: it did not)
+            "expert_failure": next((x["expert_failure"] for x in stats if x.get("expert_failure")), None),
         })
         if duration:
             out["progress"] = pos / duration

@@ -9,6 +9,7 @@ frozen `PolicyConfig` subclass (its own settings). `Stream` talks to a memory on
     question_cache(query_slice, text)     a cache for one question's forward (capture, update, trace)
     after_answer(question, answer)        the exchange is over (a policy may learn from it)
     retune(config)                        question-time settings changed (Stream.set_retrieval)
+    drop_expert(sentence)                 the external expert failed: rank internal-only from now on
     stats()                               sizes and counts (Stream.stats)
 
 and reads `blocks` (one BlockInfo per block ingested) and `n_sink`. A forward over the memory runs
@@ -205,6 +206,8 @@ class Memory(ABC):
         self.expert = expert
         self.sinks: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.spec.n_layers
         self.blocks: list[BlockInfo] = []
+        # why the external expert was dropped mid-stream (one sentence), or None: it never failed
+        self.expert_failure: str | None = None
 
     # ---- the verbs ----------------------------------------------------------------------------
     def ingest_sinks(self, ids: list[int]) -> None:
@@ -240,6 +243,13 @@ class Memory(ABC):
         """Adopt `config`, which differs from the current one only in `QUESTION_TIME` fields."""
         self.cfg = config
 
+    def drop_expert(self, sentence: str) -> None:
+        """The external expert failed while embedding frames (`sentence` says so): go on without it. A
+        policy that ranks with the expert overrides this to switch to its internal ranking; the blocks
+        already ingested keep their embeddings, unused from now on."""
+        self.expert = None
+        self.expert_failure = sentence
+
     # ---- sizes --------------------------------------------------------------------------------
     @property
     def n_sink(self) -> int:
@@ -261,7 +271,8 @@ class Memory(ABC):
         tokens_raw: tokens the blocks had before any compression (gh*gw each, plus their text rows);
         compression_ratio: tokens_raw / tokens held (1.0 = nothing dropped); tokens_per_block /
         bytes_per_block: mean per block (keys and values, all layers); sink_tokens; window_tokens;
-        bytes_host / bytes_device: what the memory holds in host memory / on the device.
+        bytes_host / bytes_device: what the memory holds in host memory / on the device;
+        expert_failure: the sentence saying the external expert failed and was dropped (None: it did not).
         """
         n = len(self.blocks)
         stored = self.tokens_stored()
@@ -277,6 +288,7 @@ class Memory(ABC):
             "window_tokens": self.window_tokens(),
             "bytes_host": self.host_bytes(),
             "bytes_device": self.device_bytes(),
+            "expert_failure": self.expert_failure,
         }
 
     def tokens_stored(self) -> int:

@@ -31,7 +31,7 @@ Per block, in order:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..checks import is_count_or_fraction, is_number
-from ..errors import ConfigError
+from ..errors import ConfigError, expert_failure
 from ..fusion import rank_fuse
 from ..keyselect import compress_keep, least_similar, resolve_count, token_cosine
 from ..retrieval import select_blocks
@@ -145,6 +145,11 @@ class MemStreamMemory(RekvMemory):
         if frame_mean is not None:
             self.frame_mean.append(frame_mean[None])
         return info
+
+    def drop_expert(self, sentence: str) -> None:
+        """The expert failed mid-stream: rank by the internal scores from now on (as memstream-internal)."""
+        super().drop_expert(sentence)
+        self.ranking = "internal"
 
     def block_frame_mean(self, frame_embeds: torch.Tensor | None) -> torch.Tensor | None:
         """The block's mean unit frame embedding [D] (None without an expert).
@@ -266,8 +271,14 @@ class MemStreamQuestionCache(RetrievalQuestionCache):
 
     def __init__(self, mem: MemStreamMemory, query_slice: slice, query_text: str = ""):
         super().__init__(mem, query_slice)
-        # the question is embedded once; every layer reuses these scores [N]
-        self.external = None if mem.expert is None else mem.external_scores(mem.expert.embed_text(query_text))
+        # the question is embedded once; every layer reuses these scores [N]. An expert that raises costs this
+        # answer its external ranking, not the answer: it is ranked internally and the trace says why
+        self.external, self.notice = None, mem.expert_failure or ""
+        if mem.expert is not None:
+            try:
+                self.external = mem.external_scores(mem.expert.embed_text(query_text))
+            except Exception as exc:  # noqa: BLE001 - any failure of the expert, a model we do not control
+                self.notice = expert_failure(exc, "embedding the question", for_good=False)
         self.record.extra["fused"] = [None] * mem.spec.n_layers  # per layer [N]: the score that selected
 
     def select(self, layer: int, scores: torch.Tensor) -> torch.Tensor:
@@ -291,7 +302,7 @@ class MemStreamQuestionCache(RetrievalQuestionCache):
         trace = RetrievalTrace.build(times, internal, self.record.selected, external=self.external, policy=policy,
                                      ranking="internal")
         if self.external is None:
-            return trace
+            return replace(trace, notice=self.notice)
         fused = self.external if self.mem.ranking == "external" else \
             rank_fuse([trace.internal_agg, self.external], cfg.fusion_weights, cfg.fusion_c)
         return RetrievalTrace.build(times, internal, self.record.selected, external=self.external, fused=fused,
