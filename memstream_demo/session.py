@@ -346,8 +346,10 @@ class Session:
                               {"policy": p, **self.settings.stream_options(p), "pace": self.settings.pace,
                                "max_new_tokens": self.settings.max_new_tokens}) for p, a in finals]
             self.records.append(Record(question, results, self.source.name if self.source else ""))
-            if len(self.records) > self.limits.max_answers:  # keep the newest; drop old traces
-                self.records[0] = Record(self.records[0].question, [], self.records[0].source)
+            old = len(self.records) - 1 - self.limits.max_answers
+            if old >= 0:  # keep the newest answers' traces and thumbnails; the one that fell out keeps its question
+                r = self.records[old]
+                self.records[old] = Record(r.question, [], r.source, r.from_file)
             return len(self.records) - 1
 
     @property

@@ -265,3 +265,19 @@ def test_the_demo_sample_streams_in_real_time_and_hermes_compresses_it(engine):
         assert st["blocks"] == 180 and st["compression_ratio"] > 2  # the default budget is exceeded many times
     finally:
         m.shutdown()
+
+
+def test_only_the_newest_answers_keep_their_traces(engine):
+    m = SessionManager(engine, FAST, Limits(max_sessions=1, max_answers=2))
+    try:
+        s = m.get("tab-1")
+        assert s.start_file(SAMPLE, "sample.mp4")
+        wait_for(lambda: s.status()["state"] == "done")
+        for i in range(5):
+            finals, _ = answer(s, f"Question {i}?")
+            s.record(f"Question {i}?", finals)
+        # every question stays listed; only the last two answers keep their traces and thumbnails
+        assert [r.question for r in s.records] == [f"Question {i}?" for i in range(5)]
+        assert [bool(r.results) for r in s.records] == [False, False, False, True, True]
+    finally:
+        m.shutdown()
