@@ -2,7 +2,8 @@
 
     python app.py [--model ID|tiny] [--expert NAME|tiny|none|auto] [--device auto|cpu|cuda]
                   [--server-name 0.0.0.0] [--server-port 7860 (or $PORT)] [--share]
-                  [--max-sessions 8] [--session-memory-mb 4096] [--idle-timeout 1800] [--worker-process]
+                  [--max-sessions 8] [--session-memory-mb 4096] [--idle-timeout 1800] [--max-answers 50]
+                  [--worker-process]
 
 --worker-process runs the model work (ingest, questions) in a separate process that holds the models and
 no session state, with pickled arguments, exactly as a ZeroGPU Space runs it (there, `SPACES_ZERO_GPU` turns
@@ -93,13 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-sessions", type=int, default=8, help="concurrent browser sessions")
     ap.add_argument("--session-memory-mb", type=float, default=4096.0, help="memory cap per session")
     ap.add_argument("--idle-timeout", type=float, default=1800.0, help="seconds before an idle session is freed")
+    ap.add_argument("--max-answers", type=int, default=50,
+                    help="answers per session that keep their traces and thumbnails (older ones keep the question)")
     ap.add_argument("--worker-process", action="store_true",
                     help="run the model work in a separate process with pickled arguments, as on ZeroGPU")
     args = ap.parse_args(argv)
     engine, banner = load_engine(args.model, args.expert, args.device, args.worker_process)
     defaults = demo_defaults(engine, tiny=TINY_BANNER in banner)
     limits = Limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,
-                    idle_timeout_s=args.idle_timeout)
+                    idle_timeout_s=args.idle_timeout, max_answers=args.max_answers)
     demo = build(engine, banner=banner, defaults=defaults, limits=limits)
     launch(demo, server_name=args.server_name, server_port=args.server_port, share=args.share)
 

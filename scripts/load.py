@@ -240,11 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rss-every", type=float, default=10.0, help="seconds between RSS samples (default 10)")
     ap.add_argument("--out", help="also write the report as JSON here")
     ap.add_argument("--worker-process", action="store_true", help="start the server with --worker-process")
+    ap.add_argument("--max-answers", type=int, help="start the server with this --max-answers (its default: 50)")
     args = ap.parse_args(argv)
     proc = None
     url, pid = args.url, args.server_pid
     if url is None:
-        proc, url = start_server(args.sessions, ["--worker-process"] if args.worker_process else [])
+        extra = (["--worker-process"] if args.worker_process else []) + \
+            ([] if args.max_answers is None else ["--max-answers", str(args.max_answers)])
+        proc, url = start_server(args.sessions, extra)
         pid = proc.pid
     try:
         report = run_load(url, args.sessions, args.minutes * 60, args.video, args.asks, pid, args.rss_every)
