@@ -22,6 +22,13 @@ from .errors import ConfigError
 
 ENV = "MEMSTREAM_PLUGINS"
 GROUP = "memstream.plugins"
+_loaded: list[str] = []  # what load_plugin imported in this process, in order (modules by name, files by path)
+
+
+def loaded_plugins() -> list[str]:
+    """The plug-ins `load_plugin` imported in this process (module names and resolved .py paths), in order:
+    what another process (a model worker) must load to unpickle their policies."""
+    return list(_loaded)
 
 
 def load_plugin(name: str) -> ModuleType:
@@ -32,14 +39,22 @@ def load_plugin(name: str) -> ModuleType:
             if not path.is_file():
                 raise ConfigError(f"Plug-in file {name!r} does not exist.")
             module_name = f"memstream_plugin_{path.stem}"
-            if module_name in sys.modules:  # loaded already: registering twice would only repeat it
-                return sys.modules[module_name]
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-            return module
-        return importlib.import_module(name)
+            if module_name not in sys.modules:  # loaded already: registering twice would only repeat it
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]  # a failed plug-in is not "loaded": a retry runs it again
+                    raise
+            if str(path) not in _loaded:
+                _loaded.append(str(path))
+            return sys.modules[module_name]
+        module = importlib.import_module(name)
+        if name not in _loaded:
+            _loaded.append(name)
+        return module
     except ConfigError:
         raise
     except ImportError as exc:

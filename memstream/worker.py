@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import MemStreamError, WorkerError
+from .plugins import loaded_plugins
 from .runner import RemoteRunner, execute
 from .work import Models
 
@@ -34,15 +35,18 @@ class LoadRecipe:
     threads: int | None = None  # torch CPU threads, as this process uses them (None: torch's choice)
 
 
-def serve(conn: Any, recipe: LoadRecipe) -> None:
-    """The worker's main loop: load, say "ready" (or why not), then answer calls until the pipe closes."""
+def serve(conn: Any, recipe: LoadRecipe, plugins: list[str] = ()) -> None:
+    """The worker's main loop: load the plug-ins the app's process had loaded (their policies arrive
+    pickled by reference), then the models, say "ready" (or why not), then answer calls until the pipe closes."""
     import torch
 
     from .backbones import load_backbone
+    from .plugins import load_plugins
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     try:  # the same loaders as `memstream.load`, without an engine: this process holds models only
+        load_plugins(plugins)  # entry points and $MEMSTREAM_PLUGINS too, as the app's process loads them
         backbone = load_backbone(recipe.model, recipe.device, recipe.cache_dir)
         expert = None
         if recipe.expert not in (None, "none"):
@@ -81,7 +85,8 @@ class WorkerRunner(RemoteRunner):
                 return
             ctx = multiprocessing.get_context("spawn")
             ours, theirs = ctx.Pipe()
-            process = ctx.Process(target=serve, args=(theirs, self.recipe), daemon=True, name="memstream-worker")
+            process = ctx.Process(target=serve, args=(theirs, self.recipe, loaded_plugins()), daemon=True,
+                                  name="memstream-worker")
             process.start()
             theirs.close()
             self.starts += 1

@@ -83,3 +83,22 @@ def test_a_plugin_that_cannot_load_is_one_sentence(capsys, tmp_path):
     broken.write_text("raise RuntimeError('boom')\n")
     code, _, err = run_cli(capsys, "ask", "x.mp4", "q?", "--plugin", str(broken))
     assert code == 2 and "boom" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_plugin_policy_runs_in_a_worker_process(plugin, tiny_cache):
+    """The worker process loads the plug-ins this process loaded, so their policies unpickle there."""
+    import numpy as np
+
+    import memstream
+    from memstream.plugins import load_plugin, loaded_plugins
+
+    load_plugin(str(plugin))
+    assert str(plugin.resolve()) in loaded_plugins()
+    engine = memstream.load("tiny", device="cpu", cache_dir=str(tiny_cache), worker_process=True)
+    try:
+        stream = engine.stream(policy="every-other", stride=2, topk=2, tokens_per_frame=8, fps=1.0)
+        stream.add_frames(np.zeros((6, 32, 32, 3), np.uint8), np.arange(6.0))
+        assert stream.ask("What?", max_new_tokens=2).trace.selected
+    finally:
+        engine.close()
