@@ -44,6 +44,35 @@ class Preset:
 ModelBuilder = Callable[[Preset, Any], torch.nn.Module]
 
 
+@dataclass(frozen=True)
+class TransformersLoader:
+    """`(path, dtype, local_only) -> (tokenizer, model)` for checkpoints of one transformers model class
+    (a hub id or a directory), with sdpa attention: every family loads its real checkpoints this way."""
+
+    model_class: str  # transformers' class name, e.g. "Qwen2_5_VLForConditionalGeneration"
+
+    def __call__(self, path: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, torch.nn.Module]:
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        model = getattr(transformers, self.model_class).from_pretrained(
+            path, dtype=dtype, attn_implementation="sdpa", local_files_only=local_only)
+        return tokenizer, model
+
+
+@dataclass(frozen=True)
+class RandomModel:
+    """A `ModelBuilder`: the family's model class initialised (random weights) from a preset's config."""
+
+    model_class: str  # transformers' class name
+    make_config: Callable[[Preset, Any], Any]  # (preset, tokenizer) -> the class's config
+
+    def __call__(self, preset: Preset, tokenizer: Any) -> torch.nn.Module:
+        import transformers
+
+        return getattr(transformers, self.model_class)(self.make_config(preset, tokenizer))
+
+
 def byte_vocab() -> dict[str, int]:
     """The GPT-2 byte -> printable-character map, as a vocab {char: byte value}."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))

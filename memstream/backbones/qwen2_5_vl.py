@@ -101,20 +101,9 @@ def preset_config(preset: presets.Preset, tokenizer):
     )
 
 
-def build_model(preset: presets.Preset, tokenizer) -> torch.nn.Module:
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    return Qwen2_5_VLForConditionalGeneration(preset_config(preset, tokenizer))
-
-
-def load_model(path: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, model) of a Qwen2.5-VL checkpoint (hub id or directory)."""
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation="sdpa", local_files_only=local_only)
-    return tokenizer, model
+# the presets' random-weight models, and (tokenizer, model) of a real Qwen2.5-VL checkpoint
+build_model = presets.RandomModel("Qwen2_5_VLForConditionalGeneration", preset_config)
+load_model = presets.TransformersLoader("Qwen2_5_VLForConditionalGeneration")
 
 
 class Qwen2_5_VLBackbone(Backbone):

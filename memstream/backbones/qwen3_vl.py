@@ -118,20 +118,9 @@ def preset_config(preset: presets.Preset, tokenizer):
     )
 
 
-def build_model(preset: presets.Preset, tokenizer) -> torch.nn.Module:
-    from transformers import Qwen3VLForConditionalGeneration
-
-    return Qwen3VLForConditionalGeneration(preset_config(preset, tokenizer))
-
-
-def load_model(path: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, model) of a Qwen3-VL checkpoint (hub id or directory)."""
-    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-    model = Qwen3VLForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation="sdpa", local_files_only=local_only)
-    return tokenizer, model
+# the presets' random-weight models, and (tokenizer, model) of a real Qwen3-VL checkpoint
+build_model = presets.RandomModel("Qwen3VLForConditionalGeneration", preset_config)
+load_model = presets.TransformersLoader("Qwen3VLForConditionalGeneration")
 
 
 def timestamp_text(times: tuple[float, ...]) -> str:

@@ -181,20 +181,9 @@ def preset_config(preset: presets.Preset, tokenizer):
                          image_token_id=ids["<image>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
 
 
-def build_model(preset: presets.Preset, tokenizer) -> torch.nn.Module:
-    from transformers import SmolVLMForConditionalGeneration
-
-    return SmolVLMForConditionalGeneration(preset_config(preset, tokenizer))
-
-
-def load_model(path: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, model) of a SmolVLM2 checkpoint (hub id or directory)."""
-    from transformers import AutoTokenizer, SmolVLMForConditionalGeneration
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-    model = SmolVLMForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation="sdpa", local_files_only=local_only)
-    return tokenizer, model
+# the presets' random-weight models, and (tokenizer, model) of a real SmolVLM2 checkpoint
+build_model = presets.RandomModel("SmolVLMForConditionalGeneration", preset_config)
+load_model = presets.TransformersLoader("SmolVLMForConditionalGeneration")
 
 
 def frame_text(time_s: float) -> str:
