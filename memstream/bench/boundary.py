@@ -76,13 +76,13 @@ def measure(local: Engine, remote: Engine, policy: str, minutes: float, *, fps: 
     `synthetic`: two real ingest calls around a random fill of the rest (rekv's memory layout)."""
     if synthetic and policy != "rekv":
         raise ConfigError("bench boundary --synthetic fills rekv's memory layout; use --policy rekv.")
-    n_frames = stream_frames(minutes, fps)
+    per = local.backbone.spec.frames_per_block
+    n_frames = stream_frames(minutes, fps, per)
     video, times = SyntheticVideo(), np.arange(n_frames) / fps
     streams = {mode: engine.stream(policy=policy, fps=fps, tokens_per_frame=tokens_per_frame, **options)
                for mode, engine in (("in_process", local), ("worker", remote))}
     runner = remote.runner
     ingest_wall: dict[str, list[float]] = {m: [] for m in streams}
-    per = local.backbone.spec.frames_per_block
     chunk = per * blocks_per_call
     n_calls = 0
     starts = list(range(0, n_frames, chunk))
