@@ -93,7 +93,8 @@ class ChatTemplate:
 
 
 class Backbone(ABC):
-    """A loaded Video-LLM with what the memory needs. Subclasses set the attributes below in
+    """A loaded Video-LLM with what the memory needs. `Backbone.__init__` sets the attributes that come
+    from the loaded model; subclasses set the rest (`spec`, `eos_ids`, `decoder_layers`) in their
     `__init__` and call `install_capture_hooks` once."""
 
     name: str  # as passed to memstream.load ("tiny", a hub id, a directory)
@@ -106,8 +107,15 @@ class Backbone(ABC):
     eos_ids: set[int]  # token ids that end an answer
     decoder_layers: torch.nn.ModuleList  # the LLM's decoder layers, in order (hermes' manual pseudo forward)
 
-    def __init__(self) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, name: str,
+                 chat: ChatTemplate) -> None:
         self._local = threading.local()  # per-thread capture target: streams share a backbone across threads
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.name = name
+        self.dtype = next(model.parameters()).dtype
+        self.chat = chat
 
     # ---- capture of position-free queries and keys --------------------------------------------
     @property

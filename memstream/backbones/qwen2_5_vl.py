@@ -110,13 +110,7 @@ class Qwen2_5_VLBackbone(Backbone):
     """A loaded Qwen2.5-VL with the hooks and helpers the memory needs."""
 
     def __init__(self, model, tokenizer, device: torch.device, name: str):
-        super().__init__()
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.device = device
-        self.name = name
-        self.dtype = next(model.parameters()).dtype
-        self.chat = CHAT
+        super().__init__(model, tokenizer, device, name, CHAT)
         cfg, vcfg = model.config.text_config, model.config.vision_config
         self.spec = BackboneSpec(
             n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads,

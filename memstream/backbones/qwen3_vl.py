@@ -38,7 +38,7 @@ import torch
 
 from .. import attention
 from ..positions import PositionTracker, text_positions
-from . import presets
+from . import presets, qwen2_5_vl
 from .base import Backbone, BackboneSpec, ChatTemplate, KVCache, rotate_by
 from .family import Family
 
@@ -55,12 +55,8 @@ CHAT = ChatTemplate(
     next_user_turn="<|im_end|>\n<|im_start|>user\n",
 )
 
-# Qwen3's special tokens in their real order (ids in the presets start after the 256 byte tokens).
-SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-)
+# Qwen3's special tokens are Qwen2.5's, in the same order (ids in the presets start after the 256 byte tokens).
+SPECIAL_TOKENS = qwen2_5_vl.SPECIAL_TOKENS
 
 # Full depths of the real checkpoints (their hub config.json; the same values appear in transformers'
 # Qwen3VLVisionConfig defaults for 8B's vision tower): what `small-qwen3-vl` trims, for benchmarks
@@ -98,9 +94,8 @@ SMALL = presets.Preset(
 )
 
 
-def preset_tokenizer():
-    """The presets' byte-level tokenizer with Qwen's special tokens (ids 256..269)."""
-    return presets.byte_tokenizer(SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>")
+# the presets' tokenizer: byte-level, with Qwen's special tokens (ids 256..269), as Qwen2.5-VL's
+preset_tokenizer = qwen2_5_vl.preset_tokenizer
 
 
 def preset_config(preset: presets.Preset, tokenizer):
@@ -194,13 +189,7 @@ class Qwen3VLBackbone(Backbone):
     """A loaded Qwen3-VL with the hooks and helpers the memory needs."""
 
     def __init__(self, model, tokenizer, device: torch.device, name: str):
-        super().__init__()
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.device = device
-        self.name = name
-        self.dtype = next(model.parameters()).dtype
-        self.chat = CHAT
+        super().__init__(model, tokenizer, device, name, CHAT)
         cfg, vcfg = model.config.text_config, model.config.vision_config
         self.spec = BackboneSpec(
             n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads,

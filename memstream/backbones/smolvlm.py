@@ -196,13 +196,7 @@ class SmolVLMBackbone(Backbone):
     """A loaded SmolVLM2 with the hooks and helpers the memory needs."""
 
     def __init__(self, model, tokenizer, device: torch.device, name: str):
-        super().__init__()
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.device = device
-        self.name = name
-        self.dtype = next(model.parameters()).dtype
-        self.chat = CHAT
+        super().__init__(model, tokenizer, device, name, CHAT)
         cfg, vcfg = model.config.text_config, model.config.vision_config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.spec = BackboneSpec(
